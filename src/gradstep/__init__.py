@@ -1,0 +1,21 @@
+"""gradstep: an independent, faster implementation of ``torch.optim``.
+
+``import gradstep as optim`` offers the same names as ``torch.optim``.
+"""
+
+from .algorithms.adam import Adam, AdamW
+from .optimizer import (
+    Optimizer,
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "register_optimizer_step_post_hook",
+    "register_optimizer_step_pre_hook",
+]

@@ -1,0 +1,1 @@
+"""One module per algorithm family: hyperparameters, validation, state and the update rule."""

@@ -1,0 +1,150 @@
+"""Shared machinery of elementwise algorithms: state setup, step counting, backend dispatch.
+
+An elementwise algorithm subclasses :class:`ElementwiseOptimizer` and supplies four things:
+
+- ``_state_keys(group)``: the per-parameter state tensors its rule reads and writes, in order;
+- ``_init_state(p, state, group)``: creates that state (torch.optim's names, dtypes and devices);
+- ``_config(group)``: a hashable record of the options that change the math (Python branches);
+- ``_scalars(group, step, state)``: the per-step scalars (bias corrections, lr, ...), as Python
+  numbers or, with ``capturable=True``, 0-d tensors;
+
+and its ``rule(ops, cfg, s, p, g, *state) -> (p, *state)``, written once, which every backend runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from ..backends import select_backend
+from ..optimizer import Optimizer, _use_grad_for_differentiable
+
+Scalars = SimpleNamespace
+
+_CAPTURABLE_DEVICES = ("cuda", "xpu", "hpu", "privateuseone", "xla", "mtia")
+
+
+def scalar_dtype() -> torch.dtype:
+    """dtype of step counters: float64 when that is the default dtype, else float32 (as torch)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def new_step(p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+    """A zero step counter; on the parameter's device when fused or capturable, else on the CPU."""
+    if group.get("capturable") or group.get("fused"):
+        return torch.zeros((), dtype=torch.float32, device=p.device)
+    return torch.tensor(0.0, dtype=scalar_dtype())
+
+
+def to_float(x: Any) -> Any:
+    """A Python number from a number or a one-element tensor."""
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+class ElementwiseOptimizer(Optimizer):
+    """Base for algorithms whose update is elementwise; see the module docstring."""
+
+    rule: Callable
+    #: whether the algorithm keeps a per-parameter ``step`` counter in its state
+    counts_steps = True
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _init_state(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _config(self, group: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _scalars(self, group: dict[str, Any], step: Any, state: dict[str, Any]) -> Scalars:
+        raise NotImplementedError
+
+    def _sparse_error(self) -> str:
+        return f"{type(self).__name__} does not support sparse gradients"
+
+    def _param_shaped_state_keys(self) -> frozenset[str]:
+        keys: set[str] = set()
+        for group in self.param_groups:
+            keys.update(self._state_keys(group))
+        return frozenset(keys)
+
+    # ------------------------------------------------------------------ the step
+
+    def _params_with_grad(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        params = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(self._sparse_error())
+            params.append(p)
+        return params
+
+    def _check_capturable(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        if not group.get("capturable") or torch.compiler.is_compiling():
+            return
+        for p in params:
+            step = self.state[p].get("step")
+            if p.device.type not in _CAPTURABLE_DEVICES or (
+                step is not None and step.device.type != p.device.type
+            ):
+                raise AssertionError(
+                    "If capturable=True, params and state_steps must be on supported devices: "
+                    f"{list(_CAPTURABLE_DEVICES[:-1])}."
+                )
+
+    def _advance(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[Scalars]:
+        """Increment step counters and compute each parameter's per-step scalars."""
+        states = [self.state[p] for p in params]
+        if not self.counts_steps:
+            s = self._scalars(group, None, states[0])
+            return [s] * len(params)
+        steps = [st["step"] for st in states]
+        torch._foreach_add_(steps, 1)
+        if group.get("capturable"):
+            return [self._scalars(group, step, st) for step, st in zip(steps, states)]
+        cache: dict[float, Scalars] = {}
+        out = []
+        for step, st in zip(steps, states):
+            value = step.item()
+            if value not in cache:
+                cache[value] = self._scalars(group, value, st)
+            out.append(cache[value])
+        return out
+
+    def _update_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        if not params:
+            return
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                self._init_state(p, state, group)
+        self._check_capturable(group, params)
+        scalars = self._advance(group, params)
+        keys = self._state_keys(group)
+        tensors = [params, [p.grad for p in params]]
+        tensors += [[self.state[p][k] for p in params] for k in keys]
+        run = select_backend(group, params)
+        run(type(self).rule, self._config(group), scalars, tensors)
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform a single optimization step.
+
+        Args:
+            closure: a callable that re-evaluates the model and returns the loss (optional).
+        """
+        self._cuda_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Check every group before touching any, so a foreseeable error updates nothing.
+        plan = [(group, self._params_with_grad(group)) for group in self.param_groups]
+        for group, params in plan:
+            self._update_group(group, params)
+        return loss

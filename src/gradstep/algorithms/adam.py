@@ -1,0 +1,173 @@
+"""Adam and AdamW (Kingma & Ba, 2014; Loshchilov & Hutter, 2019): one rule for both."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from ._elementwise import ElementwiseOptimizer, Scalars, new_step, to_float
+from ._validation import (
+    check_backend_flags,
+    check_betas,
+    check_lr,
+    check_nonnegative,
+    check_tensor_betas,
+)
+
+
+class AdamConfig(NamedTuple):
+    maximize: bool
+    weight_decay: bool  # any weight decay at all
+    decoupled: bool  # AdamW-style decay of the parameter instead of L2 on the gradient
+    amsgrad: bool
+
+
+def adam_rule(ops, cfg: AdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
+    """One Adam/AdamW update of a parameter and its moments."""
+    if cfg.maximize:
+        g = -g
+    if cfg.weight_decay:
+        if cfg.decoupled:
+            p = p * (1 - s.lr * s.weight_decay)
+        else:
+            g = g + s.weight_decay * p
+    exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
+    exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
+    if cfg.amsgrad:
+        max_exp_avg_sq = ops.maximum(max_exp_avg_sq, exp_avg_sq)
+        second = max_exp_avg_sq
+    else:
+        second = exp_avg_sq
+    denom = ops.sqrt(second) / s.bias_correction2_sqrt + s.eps
+    p = ops.addcdiv(p, exp_avg, denom, -s.step_size)
+    if cfg.amsgrad:
+        return p, exp_avg, exp_avg_sq, max_exp_avg_sq
+    return p, exp_avg, exp_avg_sq
+
+
+class Adam(ElementwiseOptimizer):
+    """Implements Adam; with ``decoupled_weight_decay=True`` it is AdamW.
+
+    Same arguments, defaults, state and numbers as ``torch.optim.Adam``.
+    """
+
+    rule = staticmethod(adam_rule)
+
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        check_lr(lr, foreach=foreach, capturable=capturable)
+        check_nonnegative(eps, "epsilon value")
+        check_betas(betas)
+        check_nonnegative(weight_decay, "weight_decay value")
+        check_tensor_betas(betas, foreach=foreach, capturable=capturable)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        check_backend_flags(foreach=foreach, fused=fused, differentiable=differentiable)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("decoupled_weight_decay", isinstance(self, AdamW))
+
+    def _sparse_error(self):
+        return f"{type(self).__name__} does not support sparse gradients, please consider SparseAdam instead"
+
+    def _state_keys(self, group):
+        keys = ("exp_avg", "exp_avg_sq")
+        return keys + ("max_exp_avg_sq",) if group["amsgrad"] else keys
+
+    def _init_state(self, p, state, group):
+        state["step"] = new_step(p, group)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _config(self, group):
+        return AdamConfig(
+            maximize=group["maximize"],
+            weight_decay=group["weight_decay"] != 0,
+            decoupled=group["decoupled_weight_decay"],
+            amsgrad=group["amsgrad"],
+        )
+
+    def _scalars(self, group, step, state):
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        if not group["capturable"]:
+            lr, beta1, beta2 = to_float(lr), to_float(beta1), to_float(beta2)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        else:
+            bias_correction1 = 1 - beta1**step
+            bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        return Scalars(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            step_size=lr / bias_correction1,
+            bias_correction2_sqrt=bias_correction2_sqrt,
+        )
+
+
+class AdamW(Adam):
+    """Implements AdamW: Adam with decoupled weight decay (default 1e-2)."""
+
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )

@@ -1,0 +1,48 @@
+"""Backends that execute an elementwise rule, and the choice between them.
+
+``foreach=False`` runs the reference backend, ``foreach=True`` the foreach backend; with neither
+flag the fastest available backend is used. ``differentiable=True`` always uses the reference
+backend, whose ops autograd can differentiate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .foreach import run_foreach
+from .reference import run_reference
+
+Runner = Callable[[Callable, Any, list, list], None]
+
+
+def _by_device_and_dtype(runner: Runner) -> Runner:
+    """Split the tensors of a group by (device, dtype) and run each part separately."""
+
+    def run(rule, cfg, scalars, tensors):
+        params = tensors[0]
+        parts: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            parts.setdefault((p.device, p.dtype), []).append(i)
+        if len(parts) == 1:
+            runner(rule, cfg, scalars, tensors)
+            return
+        for idx in parts.values():
+            runner(rule, cfg, [scalars[i] for i in idx], [[lst[i] for i in idx] for lst in tensors])
+
+    return run
+
+
+_foreach = _by_device_and_dtype(run_foreach)
+
+
+def select_backend(group: dict[str, Any], params: list[torch.Tensor]) -> Runner:
+    """The runner for one parameter group, from its ``foreach``/``fused``/``differentiable``."""
+    if group.get("differentiable"):
+        return run_reference
+    foreach = group.get("foreach")
+    if foreach is False:
+        return run_reference
+    return _foreach

@@ -1,0 +1,85 @@
+"""Adam and AdamW parity with torch.optim across options, dtypes, backends and groups."""
+
+import itertools
+
+import pytest
+import torch
+
+import gradstep
+from parity import assert_parity
+
+OPTIONS = [
+    dict(zip(("amsgrad", "maximize", "weight_decay"), combo))
+    for combo in itertools.product([False, True], [False, True], [0, 0.1])
+]
+BACKENDS = [dict(foreach=False), dict(foreach=True), dict()]
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_parity_float32(name, options, backend):
+    assert_parity(
+        getattr(gradstep, name), getattr(torch.optim, name), dict(lr=0.01, **options, **backend)
+    )
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.complex64])
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_parity_dtypes(name, dtype, backend):
+    assert_parity(
+        getattr(gradstep, name),
+        getattr(torch.optim, name),
+        dict(lr=0.01, amsgrad=True, weight_decay=0.05, **backend),
+        dtype=dtype,
+    )
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_groups_skipped_grads_and_cross_load(name):
+    assert_parity(
+        getattr(gradstep, name),
+        getattr(torch.optim, name),
+        dict(lr=0.01),
+        groups=[dict(lr=0.1, amsgrad=True), dict(betas=(0.8, 0.99), weight_decay=0.2, foreach=False)],
+        skip_every=3,
+        cross_load_at=12,
+        steps=35,
+    )
+
+
+def test_decoupled_weight_decay_flag_matches_adamw():
+    assert_parity(gradstep.Adam, torch.optim.Adam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True))
+
+
+def test_tensor_lr():
+    assert_parity(gradstep.Adam, torch.optim.Adam, dict(lr=torch.tensor(0.01)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(lr=-1), ValueError, "Invalid learning rate: -1"),
+        (dict(eps=-1), ValueError, "Invalid epsilon value: -1"),
+        (dict(betas=(1.0, 0.9)), ValueError, "Invalid beta parameter at index 0: 1.0"),
+        (dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
+        (dict(weight_decay=-1), ValueError, "Invalid weight_decay value: -1"),
+        (dict(lr=torch.tensor(0.001), foreach=True), ValueError, "lr as a Tensor is not supported"),
+        (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "Tensor lr must be 1-element"),
+        (dict(betas=(0.9, torch.tensor(0.99))), ValueError, "betas must be either both floats or both Tensors"),
+        (dict(fused=True, foreach=True), RuntimeError, "`fused` and `foreach` cannot be `True` together"),
+        (dict(fused=True, differentiable=True), RuntimeError, "`fused` does not support `differentiable`"),
+    ],
+)
+def test_errors_match_torch(kwargs, error, match):
+    for cls in (gradstep.Adam, torch.optim.Adam):
+        with pytest.raises(error, match=match):
+            cls([torch.nn.Parameter(torch.randn(2))], **kwargs)
+
+
+def test_sparse_gradient_rejected():
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.randn(3).to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        gradstep.Adam([p]).step()
