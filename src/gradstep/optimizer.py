@@ -185,6 +185,8 @@ class Optimizer(_torch_optim.Optimizer):
     def __repr__(self) -> str:
         lines = [type(self).__name__ + " ("]
         for i, group in enumerate(self.param_groups):
+            if i:
+                lines.append("")
             lines.append(f"Parameter Group {i}")
             for key in sorted(group.keys()):
                 if key != "params":
