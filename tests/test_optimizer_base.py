@@ -385,3 +385,53 @@ def test_differentiable_step_gradcheck():
         torch.rand(4, dtype=torch.float64, requires_grad=True),
     )
     assert torch.autograd.gradcheck(step_fn, inputs)
+
+
+def test_load_nontensor_step_is_converted():
+    opt = _trained(gradstep.Adam, params(3))
+    sd = copy.deepcopy(opt.state_dict())
+    for st in sd["state"].values():
+        st["step"] = st["step"].item()
+    fresh = gradstep.Adam(params(3), lr=0.1, amsgrad=True)
+    fresh.load_state_dict(sd)
+    step = next(iter(fresh.state.values()))["step"]
+    assert torch.is_tensor(step) and step.item() == 3.0
+
+
+def test_older_state_dict_without_new_keys_loads():
+    opt = _trained(gradstep.Adam, params(3))
+    sd = copy.deepcopy(opt.state_dict())
+    for g in sd["param_groups"]:
+        for key in ("foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay"):
+            g.pop(key)
+    fresh = gradstep.Adam(params(3), lr=0.1, amsgrad=True)
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["decoupled_weight_decay"] is False
+    assert fresh.param_groups[0]["foreach"] is None
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fused_amp_protocol_skips_on_inf_and_unscales(scaled):
+    for cls in (gradstep.Adam, torch.optim.Adam):
+        ps = with_grads(params(3))
+        before = [p.detach().clone() for p in ps]
+        opt = cls(ps, lr=0.1, fused=True)
+        assert opt._step_supports_amp_scaling
+        opt.grad_scale = torch.full((1,), 4.0) if scaled else None
+        opt.found_inf = torch.ones(())
+        opt.step()
+        assert torch.equal(ps[0], before[0]) and opt.state[ps[0]]["step"].item() == 0
+    results = []
+    for cls in (gradstep.Adam, torch.optim.Adam):
+        ps = params(3)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            ps[0].copy_(torch.arange(3.0))
+        ps[0].grad = torch.tensor([4.0, -8.0, 2.0])
+        opt = cls(ps, lr=0.1, fused=True)
+        opt.grad_scale = torch.full((1,), 4.0) if scaled else None
+        opt.found_inf = torch.zeros(())
+        opt.step()
+        results.append((ps[0].detach().clone(), ps[0].grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])

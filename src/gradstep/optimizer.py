@@ -153,6 +153,9 @@ class Optimizer(_torch_optim.Optimizer):
         for param_group in param_groups:
             self.add_param_group(param_group)
         self._warned_capturable_if_run_uncaptured = True
+        if defaults.get("fused"):
+            # Fused steps take GradScaler's scale and inf flag themselves (see _amp_unscale).
+            self._step_supports_amp_scaling = True
 
     # ------------------------------------------------------------------ pickling and printing
 

@@ -116,6 +116,35 @@ class ElementwiseOptimizer(Optimizer):
             out.append(cache[value])
         return out
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self.counts_steps:
+            # Older checkpoints (and torch's test-suite) store steps as Python numbers.
+            for group in self.param_groups:
+                for p in group["params"]:
+                    st = self.state.get(p)
+                    if st and "step" in st and not torch.is_tensor(st["step"]):
+                        step = new_step(p, group)
+                        step.fill_(float(st["step"]))
+                        st["step"] = step
+
+    def _amp_unscale(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        """GradScaler's protocol for fused optimizers; False when the step must be skipped.
+
+        With ``_step_supports_amp_scaling``, GradScaler hands the scale and the inf flag to the
+        optimizer (``grad_scale``, ``found_inf``) instead of unscaling the gradients itself.
+        """
+        if not group.get("fused"):
+            return True
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf.item()):
+            return False
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is not None:
+            grads = [p.grad for p in params]
+            torch._foreach_div_(grads, grad_scale.to(grads[0].device).reshape(()))
+        return True
+
     def _update_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         if not params:
             return
@@ -124,6 +153,8 @@ class ElementwiseOptimizer(Optimizer):
             if len(state) == 0:
                 self._init_state(p, state, group)
         self._check_capturable(group, params)
+        if not self._amp_unscale(group, params):
+            return
         scalars = self._advance(group, params)
         keys = self._state_keys(group)
         tensors = [params, [p.grad for p in params]]
