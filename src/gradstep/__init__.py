@@ -9,6 +9,7 @@ from .optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
+from .swap import swap_in_optimizer_params_and_state
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,5 @@ __all__ = [
     "Optimizer",
     "register_optimizer_step_post_hook",
     "register_optimizer_step_pre_hook",
+    "swap_in_optimizer_params_and_state",
 ]
