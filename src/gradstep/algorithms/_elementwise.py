@@ -50,6 +50,11 @@ class ElementwiseOptimizer(Optimizer):
     rule: Callable
     #: whether the algorithm keeps a per-parameter ``step`` counter in its state
     counts_steps = True
+    #: whether ``_scalars`` reads or updates per-parameter state (ASGD's eta/mu, NAdam's
+    #: mu_product); then it runs once per parameter rather than once per distinct step
+    scalars_use_state = False
+    #: the tensors named by the capturable-device error (torch's wording differs per algorithm)
+    capturable_tensors = "params and state_steps"
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         raise NotImplementedError
@@ -93,8 +98,8 @@ class ElementwiseOptimizer(Optimizer):
                 step is not None and step.device.type != p.device.type
             ):
                 raise AssertionError(
-                    "If capturable=True, params and state_steps must be on supported devices: "
-                    f"{list(_CAPTURABLE_DEVICES[:-1])}."
+                    f"If capturable=True, {self.capturable_tensors} must be on supported "
+                    f"devices: {list(_CAPTURABLE_DEVICES[:-1])}."
                 )
 
     def _advance(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[Scalars]:
@@ -107,6 +112,8 @@ class ElementwiseOptimizer(Optimizer):
         torch._foreach_add_(steps, 1)
         if group.get("capturable"):
             return [self._scalars(group, step, st) for step, st in zip(steps, states)]
+        if self.scalars_use_state:
+            return [self._scalars(group, step.item(), st) for step, st in zip(steps, states)]
         cache: dict[float, Scalars] = {}
         out = []
         for step, st in zip(steps, states):
@@ -152,6 +159,8 @@ class ElementwiseOptimizer(Optimizer):
             state = self.state[p]
             if len(state) == 0:
                 self._init_state(p, state, group)
+        if group.get("foreach") and group.get("differentiable"):
+            raise AssertionError("_foreach ops don't support autograd")
         self._check_capturable(group, params)
         if not self._amp_unscale(group, params):
             return

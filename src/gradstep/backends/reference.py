@@ -63,10 +63,15 @@ def run_reference(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.T
     ``tensors`` is ``[params, grads, state_1, ...]``; outputs of the rule overwrite params and
     states (in place, so optimizer state and parameters keep their identity).
     """
+    # Under autograd (differentiable=True) the rule reads copies: the graph may have saved the
+    # old values, which writing the new ones back in place would otherwise invalidate.
+    copy_inputs = torch.is_grad_enabled()
     for i, s in enumerate(scalars):
         row = [as_real(lst[i]) for lst in tensors]
         p, g, *states = row
-        outs = rule(TorchOps, cfg, s, p, g, *states)
-        for dst, new in zip([p, *states], outs):
-            if new is not dst:
+        dsts = [p, *states]
+        ins = [t.clone() for t in dsts] if copy_inputs else dsts
+        outs = rule(TorchOps, cfg, s, ins[0], g, *ins[1:])
+        for dst, src, new in zip(dsts, ins, outs):
+            if new is not src:
                 dst.copy_(new)
