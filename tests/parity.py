@@ -42,7 +42,7 @@ def grads_for(params, step, seed=1, skip_every=0):
         if skip_every and (step + i) % skip_every == 0:
             out.append(None)
         else:
-            out.append(g.to(p.dtype))
+            out.append(g.to(p.dtype).to(p.device))
     return out
 
 
@@ -92,15 +92,18 @@ def assert_parity(
     skip_every: int = 0,
     cross_load_at: int | None = None,
     closure: bool = False,
+    before_step: Callable | None = None,
+    device: str = "cpu",
 ):
     """Step both optimizers ``steps`` times on the same gradients and compare everything.
 
     ``groups`` optionally splits the params into groups with extra options each (group i gets
     param i mod len(groups)). With ``cross_load_at``, both optimizers are rebuilt mid-run from
     each other's state dict (through torch.save / torch.load(weights_only=True)), which checks
-    checkpoint compatibility in both directions.
+    checkpoint compatibility in both directions. ``before_step(step, *optimizers)`` runs before
+    each step, e.g. to change a hyperparameter mid-run the way a scheduler does.
     """
-    base = make_params(dtype, shapes)
+    base = make_params(dtype, shapes, device=device)
     pa, pb = clone_params(base), clone_params(base)
 
     def build(cls, ps):
@@ -113,6 +116,8 @@ def assert_parity(
 
     oa, ob = build(gs_cls, pa), build(torch_cls, pb)
     for step in range(steps):
+        if before_step is not None:
+            before_step(step, oa, ob)
         grads = grads_for(base, step, skip_every=skip_every)
         for x, y, g in zip(pa, pb, grads):
             x.grad = None if g is None else g.clone()

@@ -4,6 +4,9 @@
 """
 
 from .algorithms.adam import Adam, AdamW
+from .algorithms.nadam import NAdam
+from .algorithms.radam import RAdam
+from .algorithms.rprop import Rprop
 from .optimizer import (
     Optimizer,
     register_optimizer_step_post_hook,
@@ -16,6 +19,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam",
     "AdamW",
+    "NAdam",
+    "RAdam",
+    "Rprop",
     "Optimizer",
     "register_optimizer_step_post_hook",
     "register_optimizer_step_pre_hook",

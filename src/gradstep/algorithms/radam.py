@@ -1,0 +1,134 @@
+"""RAdam: Adam with a rectified adaptive learning rate (Liu et al., 2019).
+
+While the variance of the adaptive step is intractable (``rho_t <= 5``, the first few steps),
+RAdam takes a plain momentum step; afterwards a rectified Adam step. Which one depends on the
+step count alone, so it is decided outside the rule: the rule always computes
+``p += m * (rect_step / (sqrt(v) + eps) + plain_step)`` and one of the two sizes is zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ._elementwise import ElementwiseOptimizer, Scalars, new_step, to_float
+from ._torch_paths import torch_takes_foreach
+from ._validation import check_betas, check_lr, check_nonnegative
+
+
+class RAdamConfig(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    decoupled: bool  # decay the parameter instead of adding L2 to the gradient
+
+
+def radam_rule(ops, cfg: RAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
+    """One RAdam update of a parameter and its moments."""
+    if cfg.maximize:
+        g = -g
+    if cfg.weight_decay:
+        if cfg.decoupled:
+            p = p * s.param_decay
+        else:
+            g = g + s.weight_decay * p
+    exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
+    exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
+    p = p + exp_avg * (s.rect_step / (ops.sqrt(exp_avg_sq) + s.eps) + s.plain_step)
+    return p, exp_avg, exp_avg_sq
+
+
+def _rectification(rho_t, rho_inf):
+    return (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+
+
+class RAdam(ElementwiseOptimizer):
+    """Implements RAdam; same arguments, defaults, state and numbers as ``torch.optim.RAdam``."""
+
+    rule = staticmethod(radam_rule)
+
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        check_lr(lr)
+        check_nonnegative(eps, "epsilon value")
+        check_betas((betas[0], betas[1]))
+        check_nonnegative(weight_decay, "weight_decay value")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            decoupled_weight_decay=decoupled_weight_decay,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _state_keys(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, p, state, group):
+        state["step"] = new_step(p, group)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _config(self, group):
+        return RAdamConfig(
+            maximize=group["maximize"],
+            weight_decay=group["weight_decay"] != 0,
+            decoupled=group["decoupled_weight_decay"],
+        )
+
+    def _scalars(self, group, step, state):
+        beta1, beta2 = group["betas"]
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        capturable = group["capturable"]
+        if not capturable:
+            beta1, beta2 = to_float(beta1), to_float(beta2)
+        param_decay = 1 - lr * weight_decay  # from a tensor lr: float32, as in torch.optim
+        if not capturable and not torch_takes_foreach(group, state["exp_avg"]):
+            lr = to_float(lr)  # torch's foreach path keeps a tensor lr in the step sizes
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+        if capturable:
+            rectified = rho_t > 5.0
+            rect = _rectification(rho_t, rho_inf).clamp(min=0).sqrt()
+            rect_step = bias_correction2.sqrt() * (lr * rect / bias_correction1) * -1
+            rect_step = torch.where(rectified, rect_step, 0.0)
+            plain_step = torch.where(rectified, 0.0, (lr / bias_correction1) * -1)
+        elif rho_t > 5.0:
+            rect = math.sqrt(_rectification(rho_t, rho_inf))
+            rect_step = math.sqrt(bias_correction2) * (lr * rect / bias_correction1) * -1
+            plain_step = 0.0
+        else:
+            rect_step, plain_step = 0.0, (lr / bias_correction1) * -1
+        s = Scalars(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=weight_decay,
+            param_decay=param_decay,
+            rect_step=rect_step,
+            plain_step=plain_step,
+        )
+        if not capturable:
+            s = Scalars(**{k: to_float(v) for k, v in vars(s).items()})
+        return s

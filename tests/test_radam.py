@@ -1,0 +1,138 @@
+"""RAdam parity with torch.optim across options, dtypes, backends and groups."""
+
+import itertools
+
+import pytest
+import torch
+from optim_checks import assert_differentiable, assert_same_error, assert_traced_rule_matches
+from parity import assert_parity
+
+import gradstep
+from gradstep.algorithms.radam import RAdamConfig, radam_rule
+
+# 30 steps cover both regimes: plain momentum steps while rho_t <= 5 (the first five), then
+# rectified adaptive steps.
+OPTIONS = [
+    dict(zip(("maximize", "weight_decay", "decoupled_weight_decay"), combo))
+    for combo in itertools.product([False, True], [0, 0.1], [False, True])
+]
+BACKENDS = [dict(foreach=False), dict(foreach=True), dict()]
+
+
+def parity(kwargs, **kw):
+    return assert_parity(gradstep.RAdam, torch.optim.RAdam, kwargs, **kw)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_parity_float32(options, backend):
+    parity(dict(lr=0.01, **options, **backend))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.complex64])
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_parity_dtypes(dtype, backend):
+    parity(dict(lr=0.01, weight_decay=0.05, **backend), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_groups_skipped_grads_and_cross_load(dtype, backend):
+    parity(
+        dict(lr=0.01, **backend),
+        groups=[
+            dict(lr=0.1, betas=(0.8, 0.9), eps=1e-6, maximize=True),
+            dict(betas=(0.8, 0.99), weight_decay=0.2, decoupled_weight_decay=True, foreach=False),
+        ],
+        skip_every=3,
+        cross_load_at=12,
+        steps=35,
+        dtype=dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_tensor_lr(dtype, backend, decoupled):
+    kwargs = dict(lr=torch.tensor(0.01), weight_decay=0.1, decoupled_weight_decay=decoupled)
+    parity(dict(kwargs, **backend), dtype=dtype)
+
+
+def test_state_under_default_float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        oa, _ = parity(dict(lr=0.01), dtype=torch.float32, steps=4)
+        assert next(iter(oa.state.values()))["step"].dtype == torch.float64
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(lr=-1), ValueError, "Invalid learning rate: -1"),
+        (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "Tensor lr must be 1-element"),
+        (dict(eps=-1), ValueError, "Invalid epsilon value: -1"),
+        (dict(betas=(1.0, 0.0)), ValueError, "Invalid beta parameter at index 0: 1.0"),
+        (dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
+        (dict(weight_decay=-1), ValueError, "Invalid weight_decay value: -1"),
+        (dict(fused=True), TypeError, "unexpected keyword argument 'fused'"),
+    ],
+)
+def test_errors_match_torch(kwargs, error, match):
+    assert_same_error(gradstep.RAdam, torch.optim.RAdam, kwargs, error, match)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(capturable=True), AssertionError, "params and state_steps must be on"),
+        (dict(foreach=True, differentiable=True), AssertionError, "_foreach ops don't support"),
+    ],
+)
+def test_step_errors_match_torch(kwargs, error, match):
+    for cls in (gradstep.RAdam, torch.optim.RAdam):
+        p = torch.nn.Parameter(torch.randn(3))
+        p.grad = torch.randn(3)
+        with pytest.raises(error, match=match):
+            cls([p], **kwargs).step()
+
+
+def test_sparse_gradient_rejected():
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.randn(3).to_sparse()
+    with pytest.raises(RuntimeError, match="RAdam does not support sparse gradients"):
+        gradstep.RAdam([p]).step()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(lr=0.9),
+        dict(lr=0.9, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=0.9, weight_decay=0.1, maximize=True),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("step", [1.0, 10.0], ids=["plain", "rectified"])
+def test_differentiable(kwargs, step):
+    f64 = dict(dtype=torch.float64)
+    state = dict(
+        step=torch.tensor(step, **f64),
+        exp_avg=torch.rand(10, **f64).requires_grad_(),
+        exp_avg_sq=torch.rand(10, **f64).requires_grad_(),
+    )
+    assert_differentiable(gradstep.RAdam, torch.optim.RAdam, state, kwargs)
+
+
+@pytest.mark.parametrize("cfg", [RAdamConfig(*c) for c in itertools.product([False, True], repeat=3)])
+@pytest.mark.parametrize("steps", [(-0.02, 0.0), (0.0, -0.05)], ids=["rectified", "plain"])
+def test_traced_rule_matches(cfg, steps):
+    rect_step, plain_step = steps
+    scalars = dict(
+        lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, param_decay=0.99,
+        rect_step=rect_step, plain_step=plain_step,
+    )
+    assert_traced_rule_matches(radam_rule, cfg, scalars, n_states=2)
