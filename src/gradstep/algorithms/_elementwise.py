@@ -33,9 +33,14 @@ def scalar_dtype() -> torch.dtype:
 
 
 def new_step(p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
-    """A zero step counter; on the parameter's device when fused or capturable, else on the CPU."""
+    """A zero step counter; on the parameter's device when fused or capturable, else on the CPU.
+
+    Fused groups count in float32; the others in the scalar dtype (float64 under a float64
+    default dtype), capturable ones included, as torch.optim does.
+    """
     if group.get("capturable") or group.get("fused"):
-        return torch.zeros((), dtype=torch.float32, device=p.device)
+        dtype = torch.float32 if group.get("fused") else scalar_dtype()
+        return torch.zeros((), dtype=dtype, device=p.device)
     return torch.tensor(0.0, dtype=scalar_dtype())
 
 
