@@ -158,7 +158,7 @@ def test_differentiable(kwargs):
 @pytest.mark.parametrize("cfg", [NAdamConfig(*c) for c in itertools.product([False, True], repeat=3)])
 def test_traced_rule_matches(cfg):
     scalars = dict(
-        lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, param_decay=0.99,
+        beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, param_decay=0.99,
         bias_correction2=0.3, grad_step=-0.05, momentum_step=-0.4,
     )
     assert_traced_rule_matches(nadam_rule, cfg, scalars, n_states=2)

@@ -132,7 +132,7 @@ def test_differentiable(kwargs, step):
 def test_traced_rule_matches(cfg, steps):
     rect_step, plain_step = steps
     scalars = dict(
-        lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, param_decay=0.99,
+        beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, param_decay=0.99,
         rect_step=rect_step, plain_step=plain_step,
     )
     assert_traced_rule_matches(radam_rule, cfg, scalars, n_states=2)

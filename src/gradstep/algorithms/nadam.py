@@ -125,7 +125,6 @@ class NAdam(ElementwiseOptimizer):
         if not as_tensors:
             mu_product = mu_product.item()
         s = Scalars(
-            lr=lr,
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],

@@ -120,7 +120,6 @@ class RAdam(ElementwiseOptimizer):
         else:
             rect_step, plain_step = 0.0, (lr / bias_correction1) * -1
         s = Scalars(
-            lr=lr,
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
