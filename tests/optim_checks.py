@@ -1,5 +1,7 @@
 """Checks shared by the per-algorithm tests, besides numeric parity (parity.py).
 
+- ``assert_same_api``: same constructor signature (names, order, kinds, defaults) and the same
+  param_group keys in the same order (state_dict and repr show that order);
 - ``assert_same_error``: gradstep and torch.optim reject the same constructor arguments with the
   same error type and message;
 - ``assert_differentiable``: one step with ``differentiable=True`` passes ``gradcheck`` (the way
@@ -18,6 +20,21 @@ from torch.autograd import gradcheck
 
 from gradstep.backends.graph import evaluate, trace
 from gradstep.backends.reference import TorchOps
+
+
+def assert_same_api(gs_cls, torch_cls):
+    import inspect
+
+    def shape(cls):
+        sig = inspect.signature(cls.__init__)
+        return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+    assert shape(gs_cls) == shape(torch_cls)
+    a = gs_cls([torch.nn.Parameter(torch.randn(2))])
+    b = torch_cls([torch.nn.Parameter(torch.randn(2))])
+    assert list(a.param_groups[0]) == list(b.param_groups[0])
+    assert list(a.defaults.items()) == list(b.defaults.items())
+    assert repr(a) == repr(b)
 
 
 def assert_same_error(gs_cls, torch_cls, kwargs, error, match, params=None):

@@ -4,7 +4,12 @@ import itertools
 
 import pytest
 import torch
-from optim_checks import assert_differentiable, assert_same_error, assert_traced_rule_matches
+from optim_checks import (
+    assert_differentiable,
+    assert_same_api,
+    assert_same_error,
+    assert_traced_rule_matches,
+)
 from parity import assert_parity
 
 import gradstep
@@ -93,6 +98,10 @@ def test_checkpoint_with_number_step_and_mu_product_loads():
         p.grad = torch.randn(5, 3)
         opt.step()
         assert torch.is_tensor(opt.state[p]["step"]) and torch.is_tensor(opt.state[p]["mu_product"])
+
+
+def test_api_matches_torch():
+    assert_same_api(gradstep.NAdam, torch.optim.NAdam)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,12 @@ import itertools
 
 import pytest
 import torch
-from optim_checks import assert_differentiable, assert_same_error, assert_traced_rule_matches
+from optim_checks import (
+    assert_differentiable,
+    assert_same_api,
+    assert_same_error,
+    assert_traced_rule_matches,
+)
 from parity import assert_parity
 
 import gradstep
@@ -67,6 +72,10 @@ def test_state_under_default_float64():
         assert next(iter(oa.state.values()))["step"].dtype == torch.float64
     finally:
         torch.set_default_dtype(old)
+
+
+def test_api_matches_torch():
+    assert_same_api(gradstep.RAdam, torch.optim.RAdam)
 
 
 @pytest.mark.parametrize(
