@@ -99,7 +99,9 @@ def _run_step_with_hooks(step: Callable) -> Callable:
         return out
 
     hooked_step.hooked = True  # type: ignore[attr-defined]
-    return hooked_step
+    # torch.compile: the step runs eagerly behind a graph break. Its per-step Python scalars
+    # (step counts, bias corrections) would otherwise recompile the graph at every step.
+    return torch._disable_dynamo(hooked_step)
 
 
 def _register_hook(registry: OrderedDict, hook: Callable, prepend: bool = False) -> RemovableHandle:

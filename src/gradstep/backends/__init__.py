@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .dtensor import dtensor_aware
 from .foreach import run_foreach
 from .reference import run_reference
 
@@ -38,6 +39,7 @@ def _by_device_and_dtype(runner: Runner) -> Runner:
 _foreach = _by_device_and_dtype(run_foreach)
 
 
+@dtensor_aware
 def select_backend(group: dict[str, Any], params: list[torch.Tensor]) -> Runner:
     """The runner for one parameter group, from its ``foreach``/``fused``/``differentiable``."""
     if group.get("differentiable"):

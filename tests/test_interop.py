@@ -1,0 +1,352 @@
+"""gradstep in the PyTorch ecosystem: torch's schedulers, AMP's GradScaler, gradient clipping,
+torch.compile, PyTorch Lightning and Hugging Face transformers.
+
+Every test runs the same loop twice, once with a gradstep optimizer and once with its
+torch.optim twin, and asks for the same numbers (float32 parity tolerance of tests/parity.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.optim import lr_scheduler as torch_sched
+
+import gradstep
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def batches(n: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(n)]
+
+
+def loss_of(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def assert_models_close(a: nn.Module, b: nn.Module, **tol) -> None:
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, **(tol or TOL), msg=lambda m: f"{name}: {m}")
+
+
+def twins(make_opt, seed: int = 0):
+    """(model, optimizer) for gradstep and for torch.optim, with identical weights."""
+    out = []
+    for lib in (gradstep, torch.optim):
+        model = make_model(seed)
+        out.append((model, make_opt(lib, model)))
+    return out
+
+
+# ------------------------------------------------------------------ torch's LR schedulers
+
+TORCH_SCHEDULERS = {
+    "StepLR": lambda o: torch_sched.StepLR(o, step_size=3, gamma=0.5),
+    "MultiStepLR": lambda o: torch_sched.MultiStepLR(o, milestones=[2, 5, 9], gamma=0.3),
+    "ExponentialLR": lambda o: torch_sched.ExponentialLR(o, gamma=0.9),
+    "CosineAnnealingLR": lambda o: torch_sched.CosineAnnealingLR(o, T_max=5, eta_min=1e-4),
+    "CosineAnnealingWarmRestarts": lambda o: torch_sched.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2),
+    "LinearLR": lambda o: torch_sched.LinearLR(o, start_factor=0.1, total_iters=4),
+    "ConstantLR": lambda o: torch_sched.ConstantLR(o, factor=0.5, total_iters=3),
+    "PolynomialLR": lambda o: torch_sched.PolynomialLR(o, total_iters=8, power=2.0),
+    "LambdaLR": lambda o: torch_sched.LambdaLR(o, lambda e: 1 / (1 + e)),
+    "MultiplicativeLR": lambda o: torch_sched.MultiplicativeLR(o, lambda e: 0.95),
+    "CyclicLR": lambda o: torch_sched.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, step_size_up=3),
+    "OneCycleLR": lambda o: torch_sched.OneCycleLR(o, max_lr=0.05, total_steps=12),
+    "ReduceLROnPlateau": lambda o: torch_sched.ReduceLROnPlateau(o, patience=1, factor=0.5),
+    "SequentialLR": lambda o: torch_sched.SequentialLR(
+        o,
+        [torch_sched.LinearLR(o, start_factor=0.2, total_iters=3), torch_sched.ExponentialLR(o, 0.8)],
+        milestones=[3],
+    ),
+    "ChainedScheduler": lambda o: torch_sched.ChainedScheduler(
+        [torch_sched.ConstantLR(o, factor=0.5, total_iters=4), torch_sched.ExponentialLR(o, 0.9)]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH_SCHEDULERS))
+@pytest.mark.parametrize("algorithm", ["AdamW", "SGD"])
+def test_torch_lr_scheduler_drives_gradstep(name, algorithm):
+    """Same lrs (and cycled momentum/betas), same weights, same scheduler state, no warning."""
+    if not hasattr(gradstep, algorithm):
+        pytest.skip(f"gradstep.{algorithm} does not exist yet")
+    kwargs = dict(lr=0.01, momentum=0.9) if algorithm == "SGD" else dict(lr=0.01)
+    runs = []
+    for (model, opt), lib in zip(twins(lambda lib, m: getattr(lib, algorithm)(m.parameters(), **kwargs)), "gt"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+            sched = TORCH_SCHEDULERS[name](opt)
+            trace = []
+            for batch in batches(12):
+                opt.zero_grad()
+                loss = loss_of(model, batch)
+                loss.backward()
+                opt.step()
+                sched.step(loss.item()) if name == "ReduceLROnPlateau" else sched.step()
+                group = opt.param_groups[0]
+                trace.append((group["lr"], group.get("betas"), group.get("momentum")))
+        runs.append((model, trace, sched.state_dict()))
+    (gm, gtrace, gsd), (tm, ttrace, tsd) = runs
+    assert gtrace == ttrace
+    assert_models_close(gm, tm)
+    assert gsd.keys() == tsd.keys()
+    for key in tsd:
+        if key not in ("_schedulers", "lr_lambdas", "_scale_fn_ref", "_scale_fn_custom"):
+            assert gsd[key] == tsd[key], key
+
+
+# ------------------------------------------------------------------ AMP: GradScaler
+
+
+def _amp_run(lib, fused, dtype, unscale_and_clip, poison):
+    model = make_model()
+    opt = lib.AdamW(model.parameters(), lr=0.01, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    history = []
+    for i, batch in enumerate(batches(7)):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=dtype):
+            out = model(batch[0])
+        loss = nn.functional.mse_loss(out.float(), batch[1])
+        scaler.scale(loss).backward()
+        if i in poison:
+            model[0].weight.grad[0, 0] = poison[i]
+        if unscale_and_clip:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+        before = [p.detach().clone() for p in model.parameters()]
+        scaler.step(opt)
+        scaler.update()
+        skipped = all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+        steps = sorted({float(st["step"]) for st in opt.state.values()})
+        history.append((scaler.get_scale(), skipped, steps))
+    return model, history
+
+
+@pytest.mark.parametrize("fused", [None, True], ids=["default", "fused"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("unscale_and_clip", [False, True], ids=["step", "unscale-clip-step"])
+@pytest.mark.parametrize(
+    "poison",
+    [{0: float("inf")}, {2: float("inf"), 4: float("nan")}],
+    ids=["inf-on-first-step", "inf-and-nan-later"],
+)
+def test_grad_scaler_skips_inf_nan_steps_like_torch(fused, dtype, unscale_and_clip, poison):
+    """torch.amp.GradScaler("cpu"): steps with inf/NaN gradients are skipped, the scale backs
+    off, and everything else matches torch.optim, on the default and the fused path."""
+    g_model, g_hist = _amp_run(gradstep, fused, dtype, unscale_and_clip, poison)
+    t_model, t_hist = _amp_run(torch.optim, fused, dtype, unscale_and_clip, poison)
+    assert g_hist == t_hist
+    for i in poison:
+        assert g_hist[i][1], f"step {i} was not skipped"
+    assert_models_close(g_model, t_model)
+
+
+def test_fused_optimizer_declares_amp_scaling_support():
+    opt = gradstep.AdamW(make_model().parameters(), fused=True)
+    assert opt._step_supports_amp_scaling
+    assert not getattr(gradstep.AdamW(make_model().parameters()), "_step_supports_amp_scaling", False)
+
+
+# ------------------------------------------------------------------ gradient clipping
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("clip", ["norm", "value"])
+def test_clip_grad_then_step_matches_torch(foreach, clip):
+    runs = twins(lambda lib, m: lib.AdamW(m.parameters(), lr=0.05, foreach=foreach))
+    for model, opt in runs:
+        for batch in batches(8):
+            opt.zero_grad()
+            loss_of(model, batch).backward()
+            if clip == "norm":
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.1, foreach=foreach)
+            else:
+                nn.utils.clip_grad_value_(model.parameters(), clip_value=0.01, foreach=foreach)
+            opt.step()
+    assert_models_close(runs[0][0], runs[1][0])
+
+
+# ------------------------------------------------------------------ torch.compile
+
+
+def test_torch_compile_training_step_matches_eager():
+    """The model compiles; gradstep's step runs eagerly behind a graph break (it is marked
+    dynamo-disabled), once per step and without recompiling as the step count changes."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    (cm, copt), (em, eopt) = twins(lambda lib, m: gradstep.AdamW(m.parameters(), lr=0.05))
+    tm = make_model()
+    topt = torch.optim.AdamW(tm.parameters(), lr=0.05)
+
+    def train_step(model, opt, batch):
+        loss = loss_of(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    compiled = torch.compile(train_step, backend="aot_eager")
+    graphs = []
+    for batch in batches(6):
+        compiled(cm, copt, batch)
+        train_step(em, eopt, batch)
+        train_step(tm, topt, batch)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[-1], f"recompiled while stepping: {graphs}"
+    assert_models_close(cm, em)
+    assert_models_close(cm, tm)
+    torch._dynamo.reset()
+
+
+def test_torch_compile_of_step_alone_runs_eagerly():
+    """``torch.compile(opt.step)`` (torch's compiled-optimizer recipe) gives eager results."""
+    torch._dynamo.reset()
+    (cm, copt), (tm, topt) = twins(lambda lib, m: lib.Adam(m.parameters(), lr=0.05))
+    step = torch.compile(copt.step, backend="eager")
+    for batch in batches(4):
+        for model, opt, do_step in ((cm, copt, step), (tm, topt, topt.step)):
+            opt.zero_grad()
+            loss_of(model, batch).backward()
+            do_step()
+    assert_models_close(cm, tm)
+    torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------ PyTorch Lightning
+
+
+def _gradstep_lr_scheduler():
+    if importlib.util.find_spec("gradstep.lr_scheduler") is None:
+        return None
+    module = importlib.import_module("gradstep.lr_scheduler")
+    return module if hasattr(module, "StepLR") else None
+
+
+SCHEDULER_SOURCES = ["torch", "gradstep"]
+
+
+@pytest.mark.parametrize("sched_source", SCHEDULER_SOURCES)
+def test_lightning_trains_checkpoints_and_resumes(sched_source, tmp_path):
+    L = pytest.importorskip("lightning")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    sched_module = torch_sched if sched_source == "torch" else _gradstep_lr_scheduler()
+    if sched_module is None:
+        pytest.skip("gradstep.lr_scheduler is not available yet")
+
+    class Module(L.LightningModule):
+        def __init__(self, lib):
+            super().__init__()
+            self.lib = lib
+            self.net = make_model()
+
+        def training_step(self, batch, batch_idx):
+            return loss_of(self.net, batch)
+
+        def configure_optimizers(self):
+            opt = self.lib.AdamW(self.parameters(), lr=0.02)
+            sched = sched_module.StepLR(opt, step_size=2, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    data = batches(1)[0]
+    loader = DataLoader(TensorDataset(*[torch.cat([t] * 4) for t in data]), batch_size=8)
+    settings = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+
+    def fit(lib, max_steps, ckpt_in=None, ckpt_out=None):
+        module = Module(lib)
+        trainer = L.Trainer(max_steps=max_steps, **settings)
+        resumed = {}
+
+        class Capture(L.Callback):
+            def on_train_start(self, trainer, pl_module):
+                opt = trainer.optimizers[0]
+                resumed["type"] = type(opt)
+                resumed["steps"] = {float(st["step"]) for st in opt.state.values()}
+                resumed["lr"] = opt.param_groups[0]["lr"]
+
+        trainer.callbacks.append(Capture())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, loader, ckpt_path=ckpt_in)
+        if ckpt_out:
+            trainer.save_checkpoint(ckpt_out)
+        return module, trainer, resumed
+
+    ckpt = tmp_path / "half.ckpt"
+    g_half, g_trainer, _ = fit(gradstep, 3, ckpt_out=ckpt)
+    assert isinstance(g_trainer.optimizers[0], gradstep.AdamW)
+    g_full, g_trainer, resumed = fit(gradstep, 6, ckpt_in=ckpt)
+    assert resumed["type"] is gradstep.AdamW
+    assert resumed["steps"] == {3.0}, "optimizer state was not restored"
+    assert resumed["lr"] == 0.02 * 0.5, "scheduler state was not restored"
+    t_straight, _, _ = fit(torch.optim, 6)
+    g_straight, _, _ = fit(gradstep, 6)
+    assert_models_close(g_full.net, t_straight.net)
+    assert_models_close(g_full.net, g_straight.net)
+    assert g_trainer.optimizers[0].param_groups[0]["lr"] == 0.02 * 0.5**3
+
+
+# ------------------------------------------------------------------ Hugging Face transformers
+
+HF_SCHEDULERS = {
+    "linear": {},
+    "cosine": {},
+    "cosine_with_restarts": {},
+    "polynomial": {},
+    "constant": {},
+    "constant_with_warmup": {},
+    "inverse_sqrt": {},
+    "reduce_lr_on_plateau": {},
+    "cosine_with_min_lr": dict(min_lr=1e-4),
+    "cosine_warmup_with_min_lr": dict(min_lr=1e-4),
+    "warmup_stable_decay": dict(num_decay_steps=4),
+}
+
+
+@pytest.mark.parametrize("name", list(HF_SCHEDULERS))
+def test_transformers_get_scheduler(name):
+    transformers = pytest.importorskip("transformers")
+    traces = []
+    for model, opt in twins(lambda lib, m: lib.AdamW(m.parameters(), lr=0.01)):
+        sched = transformers.get_scheduler(
+            name, opt, num_warmup_steps=3, num_training_steps=12,
+            scheduler_specific_kwargs=HF_SCHEDULERS[name] or None,
+        )
+        trace = []
+        for batch in batches(12):
+            opt.zero_grad()
+            loss = loss_of(model, batch)
+            loss.backward()
+            opt.step()
+            sched.step(loss.item()) if name == "reduce_lr_on_plateau" else sched.step()
+            trace.append(opt.param_groups[0]["lr"])
+        traces.append((model, trace))
+    (gm, gtrace), (tm, ttrace) = traces
+    assert gtrace == ttrace
+    assert_models_close(gm, tm)
+
+
+def test_every_transformers_scheduler_is_covered():
+    transformers = pytest.importorskip("transformers")
+    names = {s.value for s in transformers.SchedulerType} - {"greedy"}  # greedy: a Trainer mode
+    assert names <= set(HF_SCHEDULERS), names - set(HF_SCHEDULERS)
+
