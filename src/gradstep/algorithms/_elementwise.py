@@ -49,6 +49,14 @@ def to_float(x: Any) -> Any:
     return x.item() if isinstance(x, torch.Tensor) else x
 
 
+def hyper(group: dict[str, Any], x: Any) -> Any:
+    """A hyperparameter as the rule gets it: tensors stay tensors where autograd
+    (``differentiable``) or graph capture (``capturable``) needs them, else Python numbers."""
+    if group.get("differentiable") or group.get("capturable"):
+        return x
+    return to_float(x)
+
+
 class ElementwiseOptimizer(Optimizer):
     """Base for algorithms whose update is elementwise; see the module docstring."""
 
@@ -60,6 +68,11 @@ class ElementwiseOptimizer(Optimizer):
     scalars_use_state = False
     #: the tensors named by the capturable-device error (torch's wording differs per algorithm)
     capturable_tensors = "params and state_steps"
+    #: the devices that error lists (torch's Adadelta leaves out xla)
+    capturable_devices_listed = _CAPTURABLE_DEVICES[:-1]
+    #: the runner for groups holding sparse gradients; None rejects them. SGD runs its rule on
+    #: the sparse tensors as they are (reference backend), Adagrad on the gradient's support.
+    sparse_runner: Callable | None = None
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         raise NotImplementedError
@@ -72,6 +85,14 @@ class ElementwiseOptimizer(Optimizer):
 
     def _scalars(self, group: dict[str, Any], step: Any, state: dict[str, Any]) -> Scalars:
         raise NotImplementedError
+
+    def _first_step_config(self, group: dict[str, Any]) -> Any:
+        """The config for parameters whose state was created in this step.
+
+        The same as ``_config`` unless an algorithm's first update differs (SGD's momentum
+        buffer starts as the gradient itself).
+        """
+        return self._config(group)
 
     def _sparse_error(self) -> str:
         return f"{type(self).__name__} does not support sparse gradients"
@@ -89,7 +110,7 @@ class ElementwiseOptimizer(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
+            if p.grad.is_sparse and self.sparse_runner is None:
                 raise RuntimeError(self._sparse_error())
             params.append(p)
         return params
@@ -104,12 +125,12 @@ class ElementwiseOptimizer(Optimizer):
             ):
                 raise AssertionError(
                     f"If capturable=True, {self.capturable_tensors} must be on supported "
-                    f"devices: {list(_CAPTURABLE_DEVICES[:-1])}."
+                    f"devices: {list(self.capturable_devices_listed)}."
                 )
 
     def _advance(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[Scalars]:
         """Increment step counters and compute each parameter's per-step scalars."""
-        states = [self.state[p] for p in params]
+        states = [self.state.get(p, {}) for p in params]
         if not self.counts_steps:
             s = self._scalars(group, None, states[0])
             return [s] * len(params)
@@ -160,10 +181,7 @@ class ElementwiseOptimizer(Optimizer):
     def _update_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         if not params:
             return
-        for p in params:
-            state = self.state[p]
-            if len(state) == 0:
-                self._init_state(p, state, group)
+        fresh = self._ensure_state(group, params)
         if group.get("foreach") and group.get("differentiable"):
             raise AssertionError("_foreach ops don't support autograd")
         self._check_capturable(group, params)
@@ -171,10 +189,38 @@ class ElementwiseOptimizer(Optimizer):
             return
         scalars = self._advance(group, params)
         keys = self._state_keys(group)
-        tensors = [params, [p.grad for p in params]]
-        tensors += [[self.state[p][k] for p in params] for k in keys]
         run = select_backend(group, params)
-        run(type(self).rule, self._config(group), scalars, tensors)
+        if self.sparse_runner is not None and any(p.grad.is_sparse for p in params):
+            run = self.sparse_runner
+        cfg = self._config(group)
+        first_cfg = self._first_step_config(group) if fresh else cfg
+        batches = [(cfg, range(len(params)))]
+        if first_cfg != cfg:
+            is_fresh = [id(p) in fresh for p in params]
+            batches = [(first_cfg, [i for i, f in enumerate(is_fresh) if f]),
+                       (cfg, [i for i, f in enumerate(is_fresh) if not f])]
+        for c, idx in batches:
+            ps = [params[i] for i in idx]
+            if ps:
+                tensors = [ps, [p.grad for p in ps]] + [[self.state[p][k] for p in ps] for k in keys]
+                run(type(self).rule, c, [scalars[i] for i in idx], tensors)
+
+    def _ensure_state(self, group: dict[str, Any], params: list[torch.Tensor]) -> set[int]:
+        """Create missing state; the ids of the parameters whose state was just created.
+
+        An algorithm whose ``_init_state`` adds nothing leaves no entry at all, as torch's SGD
+        without momentum does.
+        """
+        fresh = set()
+        for p in params:
+            state = self.state.get(p)
+            if not state:
+                state = {} if state is None else state
+                self._init_state(p, state, group)
+                if state:
+                    self.state[p] = state
+                fresh.add(id(p))
+        return fresh
 
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

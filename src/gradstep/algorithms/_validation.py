@@ -9,6 +9,11 @@ import torch
 _FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone"]
 
 
+def _shown(x: Any) -> Any:
+    """A hyperparameter as torch's messages print it: one-element tensors as their number."""
+    return x.item() if isinstance(x, torch.Tensor) and x.numel() == 1 else x
+
+
 def check_lr(lr: Any, *, foreach: Any = None, capturable: bool = False) -> None:
     """A non-negative learning rate; a tensor lr must hold one element."""
     if isinstance(lr, torch.Tensor):
@@ -19,13 +24,13 @@ def check_lr(lr: Any, *, foreach: Any = None, capturable: bool = False) -> None:
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
     if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
+        raise ValueError(f"Invalid learning rate: {_shown(lr)}")
 
 
 def check_nonnegative(value: Any, what: str) -> None:
     """``what`` is the phrase of torch's message, e.g. 'epsilon value' or 'weight_decay value'."""
     if not 0.0 <= value:
-        raise ValueError(f"Invalid {what}: {value}")
+        raise ValueError(f"Invalid {what}: {_shown(value)}")
 
 
 def check_betas(betas: Any) -> None:

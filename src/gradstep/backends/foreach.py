@@ -149,6 +149,12 @@ class ForeachOps:
         return TensorList(out)
 
     @staticmethod
+    def add(x, y, alpha=1.0):
+        if isinstance(alpha, Number):
+            return TensorList(torch._foreach_add(x.ts, y.ts, alpha=alpha))
+        return x + y * alpha
+
+    @staticmethod
     def addcmul(x, a, b, value=1.0):
         if isinstance(value, (Number, list)) and not isinstance(value, TensorList):
             if not isinstance(value, list) or isinstance(value[0], Number):

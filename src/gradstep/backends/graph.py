@@ -206,6 +206,11 @@ class SymbolicOps:
         return x
 
     @staticmethod
+    def add(x, y, alpha=1.0):
+        # x + alpha * y is the addcmul node (x + value * t) with t = y.
+        return _tracer().record("addcmul", x, y, alpha)
+
+    @staticmethod
     def addcmul(x, a, b, value=1.0):
         return _tracer().record("addcmul", x, _tracer().record("mul", a, b), value)
 

@@ -38,6 +38,13 @@ class TorchOps:
         return torch.clamp(x, lo, hi)
 
     @staticmethod
+    def add(x, y, alpha=1.0):
+        """``x + alpha * y``, rounded once as torch's ``add(alpha=)`` (it matters for bf16)."""
+        if isinstance(alpha, Number):
+            return torch.add(x, y, alpha=alpha)
+        return x + alpha * y
+
+    @staticmethod
     def addcmul(x, a, b, value=1.0):
         """``x + value * a * b`` (one rounding per op as torch's addcmul)."""
         if isinstance(value, Number):
