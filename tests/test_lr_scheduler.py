@@ -206,21 +206,21 @@ def checkpoint_and_restore(opt, scheds, build, module, opt_spec):
     return new_opt, new_scheds
 
 
-def assert_twin(build, ops, opt_spec=("sgd",)):
-    """gradstep's trace equals torch's."""
-    expected = run(T, build, ops, opt_spec)
-    actual = run(G, build, ops, opt_spec)
+def assert_twin(build, ops, opt_spec=("sgd",), *, oracle=T, ours=G):
+    """gradstep's trace equals torch's (``oracle``/``ours``: the modules builds draw from)."""
+    expected = run(oracle, build, ops, opt_spec)
+    actual = run(ours, build, ops, opt_spec)
     assert_same(actual, expected)
     return expected
 
 
-def assert_resume_parity(build, ops, opt_spec, k):
+def assert_resume_parity(build, ops, opt_spec, k, *, oracle=T, ours=G):
     """Checkpoint after k ops and resume, across modules in both directions.
 
     The resumed runs must continue exactly like an uninterrupted torch run.
     """
-    reference = run(T, build, ops, opt_spec)
-    for src, dst in ((T, G), (G, T), (G, G)):
+    reference = run(oracle, build, ops, opt_spec)
+    for src, dst in ((oracle, ours), (ours, oracle), (ours, ours)):
         resumed = run(src, build, ops, opt_spec, resume_at=k, resume_module=dst)
         at = 1 + sum(op != "opt" for op in ops[:k])  # where the restore shows in the trace
         if len(resumed) > at + 1 and resumed[at][0] == "resumed":

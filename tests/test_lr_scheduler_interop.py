@@ -18,6 +18,15 @@ import gradstep
 import gradstep.lr_scheduler as G
 import gradstep.swa_utils as GS
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models: intra-op threads would only spin on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PAIRS = [(getattr(G, n), getattr(T, n)) for n in T.__all__] + [(G._LRScheduler, T._LRScheduler)]
 # C-level slots that torch's base class happens to own; they run no torch.optim code.
 SLOT_DESCRIPTORS = {"__dict__", "__weakref__"}
