@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -30,13 +31,16 @@ def assert_same_error(gs_cls, torch_cls, kwargs, error, match, *, step=False):
 
 
 def assert_signature_matches(gs_cls, torch_cls):
-    """Same parameter names, order, kinds (positional / keyword-only) and defaults."""
+    """Same parameter names, order, kinds (positional / keyword-only) and defaults; and the
+    same param_group keys in the same order."""
 
     def shape(cls):
         sig = inspect.signature(cls.__init__)
         return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
 
     assert shape(gs_cls) == shape(torch_cls)
+    p = torch.nn.Parameter(torch.randn(2))
+    assert list(gs_cls([p]).param_groups[0]) == list(torch_cls([p]).param_groups[0])
 
 
 def forloop_oracle(torch_cls):
@@ -61,6 +65,13 @@ def forloop_oracle(torch_cls):
 
     ForLoop.__name__ = torch_cls.__name__
     return ForLoop
+
+
+def capturable_on_cpu():
+    """Lets capturable=True step on the CPU, to compare its math (tensor step counters and
+    scalars) with torch's: both skip their device check while torch.compile traces, and this
+    makes them believe it does."""
+    return mock.patch("torch.compiler.is_compiling", lambda: True)
 
 
 def sparse_grad(shape, step, seed=7):

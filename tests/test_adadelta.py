@@ -11,6 +11,7 @@ from elementwise_checks import (
     assert_same_error,
     assert_signature_matches,
     assert_traced_rule_matches,
+    capturable_on_cpu,
     forloop_oracle,
 )
 from gradstep.algorithms.adadelta import AdadeltaConfig, adadelta_rule
@@ -60,6 +61,18 @@ def test_capturable_on_cpu_is_refused_at_step():
     match = r"If capturable=True, params and state_steps must be on supported devices: \['cuda', 'xpu', 'hpu', 'privateuseone'\]\."
     assert_same_error(gradstep.Adadelta, torch.optim.Adadelta, dict(capturable=True),
                       AssertionError, match, step=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("backend", [dict(foreach=False), dict(foreach=True)], ids=str)
+@pytest.mark.parametrize("lr", ["float", "tensor"])
+def test_capturable_math(dtype, backend, lr):
+    """capturable=True (tensor step counters and scalars) gives torch's numbers bit for bit."""
+    kwargs = dict(dict(lr=0.5, weight_decay=0.1, maximize=True), capturable=True, **backend)
+    if lr == "tensor":
+        kwargs["lr"] = torch.tensor(kwargs["lr"])
+    with capturable_on_cpu():
+        assert_parity(gradstep.Adadelta, torch.optim.Adadelta, kwargs, dtype=dtype, steps=10)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from elementwise_checks import (
     assert_same_error,
     assert_signature_matches,
     assert_traced_rule_matches,
+    capturable_on_cpu,
     forloop_oracle,
 )
 from gradstep.algorithms.adamax import AdamaxConfig, adamax_rule
@@ -70,6 +71,18 @@ def test_capturable_on_cpu_is_refused_at_step():
                       AssertionError, match, step=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("backend", [dict(foreach=False), dict(foreach=True)], ids=str)
+@pytest.mark.parametrize("lr", ["float", "tensor"])
+def test_capturable_math(dtype, backend, lr):
+    """capturable=True (tensor step counters and scalars) gives torch's numbers bit for bit."""
+    kwargs = dict(dict(lr=0.01, weight_decay=0.1, maximize=True), capturable=True, **backend)
+    if lr == "tensor":
+        kwargs["lr"] = torch.tensor(kwargs["lr"])
+    with capturable_on_cpu():
+        assert_parity(gradstep.Adamax, torch.optim.Adamax, kwargs, dtype=dtype, steps=10)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -105,5 +118,6 @@ def test_differentiable(kwargs):
 
 
 def test_traced_rule_matches():
-    scalars = dict(beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step_size=0.02)
+    scalars = dict(beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step_size=0.02,
+                   neg_inv_step_size=-50.0)
     assert_traced_rule_matches(adamax_rule, AdamaxConfig, lambda c: 2, scalars)

@@ -13,6 +13,7 @@ from ._validation import check_betas, check_lr, check_nonnegative
 class AdamaxConfig(NamedTuple):
     maximize: bool
     weight_decay: bool
+    capturable: bool  # the step size is a tensor, applied to the norm (torch.optim's order)
 
 
 def adamax_rule(ops, cfg: AdamaxConfig, s: Scalars, p, g, exp_avg, exp_inf):
@@ -23,7 +24,10 @@ def adamax_rule(ops, cfg: AdamaxConfig, s: Scalars, p, g, exp_avg, exp_inf):
         g = ops.add(g, p, s.weight_decay)
     exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
     exp_inf = ops.maximum(exp_inf * s.beta2, ops.abs(g) + s.eps)
-    p = ops.addcdiv(p, exp_avg, exp_inf, -s.step_size)
+    if cfg.capturable:
+        p = ops.addcdiv(p, exp_avg, exp_inf * s.neg_inv_step_size)
+    else:
+        p = ops.addcdiv(p, exp_avg, exp_inf, -s.step_size)
     return p, exp_avg, exp_inf
 
 
@@ -73,15 +77,16 @@ class Adamax(ElementwiseOptimizer):
         return AdamaxConfig(
             maximize=bool(group["maximize"]),
             weight_decay=bool(group["weight_decay"] != 0),
+            capturable=bool(group["capturable"]),
         )
 
     def _scalars(self, group, step, state):
         beta1, beta2 = (hyper(group, b) for b in group["betas"])
         lr = hyper(group, group["lr"])
-        return Scalars(
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=hyper(group, group["weight_decay"]),
-            step_size=lr / (1 - beta1**step),
-        )
+        s = Scalars(beta1=beta1, beta2=beta2, eps=group["eps"],
+                    weight_decay=hyper(group, group["weight_decay"]))
+        if group["capturable"]:
+            s.neg_inv_step_size = (beta1**step - 1) / lr  # a tensor: step is one
+        else:
+            s.step_size = lr / (1 - beta1**step)
+        return s
