@@ -295,3 +295,51 @@ def test_every_scheduler_on_gradstep_sgd(name):
     theirs, theirs_state = trace(torch.optim.SGD)
     assert_same(ours, theirs)
     assert_same(snapshot(ours_state), snapshot(theirs_state))
+
+
+@pytest.mark.parametrize("kind", ["onecycle per step", "plateau on a metric", "sequential per epoch"])
+def test_lightning_accepts_gradstep_schedulers(kind, tmp_path):
+    """Lightning validates schedulers with isinstance(LRScheduler / ReduceLROnPlateau) and
+    steps them itself; gradstep's pass and are stepped as torch's would be."""
+    pl = pytest.importorskip("lightning.pytorch")
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("train_loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def configure_optimizers(self):
+            opt = gradstep.SGD(self.parameters(), lr=0.1, momentum=0.9)
+            if kind == "onecycle per step":
+                sched = {"scheduler": G.OneCycleLR(opt, 0.5, total_steps=12), "interval": "step"}
+            elif kind == "plateau on a metric":
+                sched = {"scheduler": G.ReduceLROnPlateau(opt, patience=0), "monitor": "train_loss"}
+            else:
+                sched = G.SequentialLR(opt, [G.LinearLR(opt, 0.5, 1.0, 2), G.ExponentialLR(opt, 0.5)], [2])
+            return {"optimizer": opt, "lr_scheduler": sched}
+
+    gen = torch.Generator().manual_seed(0)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(32, 3, generator=gen), torch.randn(32, 1, generator=gen)),
+        batch_size=8,
+    )
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Module(), data)
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert type(sched).__module__ == "gradstep.lr_scheduler"
+    expected_last_epoch = {"onecycle per step": 12, "plateau on a metric": 3, "sequential per epoch": 3}
+    assert sched.last_epoch == expected_last_epoch[kind]
