@@ -19,6 +19,8 @@ from .optimizer import (
 )
 from .swap import swap_in_optimizer_params_and_state
 
+from . import lr_scheduler, swa_utils
+
 __version__ = "0.1.0"
 
 __all__ = [
