@@ -80,6 +80,57 @@ def _roundtrip(sd):
     return torch.load(buf, weights_only=True)
 
 
+def runs_fp32_math(kwargs, groups, dtype, device="cpu") -> bool:
+    """Whether gradstep runs bf16/fp16 params of every group on the fused CPU backend.
+
+    That backend (the default on the CPU) loads and stores bf16/fp16 as they are and computes
+    in float32, whereas torch.optim's for-loop and foreach round every op to the storage dtype.
+    Its oracle is torch.optim run in float32 with params and states rounded to ``dtype`` after
+    every step (``_round_state``; ``_Cast`` compares its state in ``dtype``).
+    """
+    from gradstep.backends.cpu import available
+
+    if dtype not in (torch.bfloat16, torch.float16) or device != "cpu" or not isinstance(kwargs, dict):
+        return False
+    for g in groups or [{}]:
+        opts = {**kwargs, **g}
+        fused, foreach = opts.get("fused"), opts.get("foreach")
+        if opts.get("differentiable") or not (fused or (fused is None and foreach is None)):
+            return False
+    return available()
+
+
+def _round_state(opt, params, dtype, keys):
+    with torch.no_grad():
+        for p in params:
+            p.copy_(p.to(dtype))
+            for k, v in opt.state.get(p, {}).items():
+                if k in keys and isinstance(v, torch.Tensor) and v.is_floating_point():
+                    v.copy_(v.to(dtype))
+
+
+class _Cast:
+    """A view of a float32 twin whose state_dict has the param-shaped states in ``dtype``."""
+
+    def __init__(self, opt, dtype, keys):
+        self.opt, self.dtype, self.keys = opt, dtype, keys
+
+    def state_dict(self):
+        sd = copy.deepcopy(self.opt.state_dict())
+        for st in sd["state"].values():
+            for k, v in st.items():
+                if k in self.keys and isinstance(v, torch.Tensor) and v.is_floating_point():
+                    st[k] = v.to(self.dtype)
+        return sd
+
+
+def _param_shaped_keys(opt, params):
+    if hasattr(opt, "_param_shaped_state_keys"):
+        return opt._param_shaped_state_keys()
+    return {k for p in params for k, v in opt.state.get(p, {}).items()
+            if k != "step" and isinstance(v, torch.Tensor) and v.shape == p.shape}
+
+
 def assert_parity(
     gs_cls: type,
     torch_cls: type,
@@ -101,10 +152,12 @@ def assert_parity(
     param i mod len(groups)). With ``cross_load_at``, both optimizers are rebuilt mid-run from
     each other's state dict (through torch.save / torch.load(weights_only=True)), which checks
     checkpoint compatibility in both directions. ``before_step(step, *optimizers)`` runs before
-    each step, e.g. to change a hyperparameter mid-run the way a scheduler does.
+    each step, e.g. to change a hyperparameter mid-run the way a scheduler does. For bf16/fp16
+    on the fused CPU backend, torch.optim runs in float32 and rounds (see ``runs_fp32_math``).
     """
     base = make_params(dtype, shapes, device=device)
-    pa, pb = clone_params(base), clone_params(base)
+    fp32_math = runs_fp32_math(kwargs, groups, dtype, device)
+    pa, pb = clone_params(base), clone_params([t.float() for t in base] if fp32_math else base)
 
     def build(cls, ps):
         if groups:
@@ -121,7 +174,7 @@ def assert_parity(
         grads = grads_for(base, step, skip_every=skip_every)
         for x, y, g in zip(pa, pb, grads):
             x.grad = None if g is None else g.clone()
-            y.grad = None if g is None else g.clone()
+            y.grad = None if g is None else g.clone().to(y.dtype)
         if closure:
             la = oa.step(lambda: torch.tensor(1.0))
             lb = ob.step(lambda: torch.tensor(1.0))
@@ -129,12 +182,14 @@ def assert_parity(
         else:
             oa.step()
             ob.step()
+        if fp32_math:
+            _round_state(ob, pb, dtype, _param_shaped_keys(oa, pa))
         for i, (x, y) in enumerate(zip(pa, pb)):
-            assert_close_tol(x.detach(), y.detach(), dtype, f"step {step} param {i}")
+            assert_close_tol(x.detach(), y.detach().to(dtype), dtype, f"step {step} param {i}")
         if cross_load_at is not None and step == cross_load_at:
             sa, sb = _roundtrip(copy.deepcopy(oa.state_dict())), _roundtrip(copy.deepcopy(ob.state_dict()))
             oa, ob = build(gs_cls, pa), build(torch_cls, pb)
             oa.load_state_dict(sb)  # torch checkpoint into gradstep
             ob.load_state_dict(sa)  # gradstep checkpoint into torch
-    assert_state_close(oa, ob, dtype, "final")
+    assert_state_close(oa, _Cast(ob, dtype, _param_shaped_keys(oa, pa)) if fp32_math else ob, dtype, "final")
     return oa, ob

@@ -1,8 +1,9 @@
 """Backends that execute an elementwise rule, and the choice between them.
 
-``foreach=False`` runs the reference backend, ``foreach=True`` the foreach backend; with neither
-flag the fastest available backend is used. ``differentiable=True`` always uses the reference
-backend, whose ops autograd can differentiate.
+``foreach=False`` runs the reference backend, ``foreach=True`` the foreach backend, ``fused=True``
+the fused backend (on the CPU: generated C, see cpu/); with no flag the fastest available backend
+is used: fused for CPU tensors, foreach otherwise. ``differentiable=True`` always uses the
+reference backend, whose ops autograd can differentiate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .cpu import run_fused_cpu
 from .dtensor import dtensor_aware
 from .foreach import run_foreach
 from .reference import run_reference
@@ -37,6 +39,7 @@ def _by_device_and_dtype(runner: Runner) -> Runner:
 
 
 _foreach = _by_device_and_dtype(run_foreach)
+_fused = _by_device_and_dtype(run_fused_cpu)  # non-CPU parts go to foreach inside
 
 
 @dtensor_aware
@@ -44,7 +47,11 @@ def select_backend(group: dict[str, Any], params: list[torch.Tensor]) -> Runner:
     """The runner for one parameter group, from its ``foreach``/``fused``/``differentiable``."""
     if group.get("differentiable"):
         return run_reference
-    foreach = group.get("foreach")
+    foreach, fused = group.get("foreach"), group.get("fused")
+    if fused:
+        return _fused
     if foreach is False:
         return run_reference
+    if foreach is None and fused is None and params[0].device.type == "cpu":
+        return _fused
     return _foreach

@@ -1,0 +1,347 @@
+"""The fused CPU backend (generated C) against the reference backend, and its kernel cache.
+
+Every elementwise algorithm, every option combination (float32), every storage dtype (with all
+options on): 50 steps of ``fused=True`` against ``foreach=False``. bfloat16/float16 are compared
+with the reference run in float32 and rounded to the storage dtype after every step, which is
+what the fused kernel computes (load, float32 math, store). Also: bitwise identical results
+across runs and thread counts, layouts the kernel cannot walk, the on-disk cache (hits, a second
+process, tampering, unsafe directories) and the fallback to foreach without a compiler.
+
+Kernels are cached on disk and shared by all tests, so a warm run mostly runs Python.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import gradstep
+from gradstep.algorithms._elementwise import ElementwiseOptimizer
+from gradstep.backends.cpu import available, compiler, runner, steps
+from parity import TOLERANCES, clone_params, grads_for, make_params
+
+pytestmark = pytest.mark.skipif(not available(), reason="no C compiler")
+
+# Per algorithm: the options whose combinations select every specialised kernel (booleans and
+# zero/non-zero values), plus fixed non-default hyperparameters so every scalar matters.
+GRID = {
+    "Adam": dict(maximize=[False, True], weight_decay=[0, 0.1], amsgrad=[False, True]),
+    "AdamW": dict(maximize=[False, True], weight_decay=[0, 0.1], amsgrad=[False, True]),
+    "SGD": dict(maximize=[False, True], weight_decay=[0, 0.1], momentum=[0, 0.9],
+                nesterov=[False, True], dampening=[0, 0.3]),
+    "Adagrad": dict(maximize=[False, True], weight_decay=[0, 0.1], lr_decay=[0, 0.01],
+                    initial_accumulator_value=[0, 0.1]),
+    "Adadelta": dict(maximize=[False, True], weight_decay=[0, 0.1]),
+    "Adamax": dict(maximize=[False, True], weight_decay=[0, 0.1]),
+    "ASGD": dict(maximize=[False, True], weight_decay=[0, 0.1], t0=[1e6, 5]),
+    "NAdam": dict(maximize=[False, True], weight_decay=[0, 0.1], decoupled_weight_decay=[False, True]),
+    "RAdam": dict(maximize=[False, True], weight_decay=[0, 0.1], decoupled_weight_decay=[False, True]),
+    "RMSprop": dict(maximize=[False, True], weight_decay=[0, 0.1], momentum=[0, 0.9],
+                    centered=[False, True]),
+    "Rprop": dict(maximize=[False, True]),
+}
+FIXED = {
+    "Adam": dict(lr=0.01, betas=(0.8, 0.95)),
+    "AdamW": dict(lr=0.01),
+    "SGD": dict(lr=0.01),
+    "Adagrad": dict(lr=0.05),
+    "Adadelta": dict(lr=0.5, rho=0.8),
+    "Adamax": dict(lr=0.01),
+    "ASGD": dict(lr=0.01, lambd=1e-3),
+    "NAdam": dict(lr=0.01),
+    "RAdam": dict(lr=0.01),
+    "RMSprop": dict(lr=0.01, alpha=0.9),
+    "Rprop": dict(lr=0.01, etas=(0.4, 1.3)),
+}
+ALGOS = [
+    name for name in GRID
+    if isinstance(getattr(gradstep, name, None), type) and issubclass(getattr(gradstep, name), ElementwiseOptimizer)
+]
+SHAPES = ((5, 3), (4,), (2, 3, 2), (333,), (1,), (0,), (7, 1, 9))
+STEPS = 50
+
+
+def _options(name):
+    keys = list(GRID[name])
+    for combo in itertools.product(*(GRID[name][k] for k in keys)):
+        opts = dict(zip(keys, combo))
+        if opts.get("nesterov") and (not opts.get("momentum") or opts.get("dampening")):
+            continue  # torch rejects nesterov without momentum or with dampening
+        yield {**FIXED[name], **opts}
+
+
+def _all_on(name):
+    return {**FIXED[name], **{k: v[-1] for k, v in GRID[name].items() if k != "dampening"}}
+
+
+CASES = [(name, opts) for name in ALGOS for opts in _options(name)]
+
+
+def _fused(name, kwargs):
+    """``kwargs`` selecting the fused backend: ``fused=True`` where the class takes it, else
+    the default, which is fused on the CPU."""
+    import inspect
+
+    takes = "fused" in inspect.signature(getattr(gradstep, name)).parameters
+    return dict(kwargs, fused=True) if takes else dict(kwargs)
+
+
+def _param_keys(opt):
+    return opt._param_shaped_state_keys()
+
+
+def _round(opt, params, dtype):
+    """Store params and param-shaped states in ``dtype`` (what a fused kernel's stores do)."""
+    keys = _param_keys(opt)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(p.to(dtype))
+            for k, v in opt.state.get(p, {}).items():
+                if k in keys and torch.is_tensor(v) and v.is_floating_point():
+                    v.copy_(v.to(dtype))
+
+
+def _run(name, kwargs, dtype, *, shapes=SHAPES, steps=STEPS, skip_every=0, math_dtype=None, seed=0):
+    """``steps`` steps of gradstep ``name``; with ``math_dtype`` the params are kept in that
+    dtype and rounded to ``dtype`` after every step (the float32-math oracle)."""
+    base = make_params(dtype, shapes, seed=seed)
+    params = clone_params([b.to(math_dtype) for b in base] if math_dtype else base)
+    opt = getattr(gradstep, name)(params, **kwargs)
+    for step in range(steps):
+        for p, g in zip(params, grads_for(base, step, skip_every=skip_every)):
+            p.grad = None if g is None else g.to(p.dtype)
+        opt.step()
+        if math_dtype:
+            _round(opt, params, dtype)
+    return params, opt
+
+
+def _snapshot(params, opt):
+    out = [p.detach().clone() for p in params]
+    for p in params:
+        for k in sorted(opt.state.get(p, {})):
+            v = opt.state[p][k]
+            if torch.is_tensor(v):
+                out.append(v.detach().clone())
+    return out
+
+
+def _assert_close(got, want, dtype):
+    rtol, atol = TOLERANCES[dtype]
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        b = b.to(a.dtype) if a.is_floating_point() and b.dtype != a.dtype and a.dim() else b
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"tensor {i}: {m}")
+
+
+def _assert_equal(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, kwargs", CASES, ids=[f"{n}-{o}" for n, o in CASES])
+def test_fused_matches_reference_float32(name, kwargs):
+    got = _snapshot(*_run(name, _fused(name, kwargs), torch.float32))
+    want = _snapshot(*_run(name, dict(kwargs, foreach=False), torch.float32))
+    _assert_close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_default_on_cpu_is_fused(name, monkeypatch):
+    calls = []
+    real = runner.get_kernel
+    monkeypatch.setattr(runner, "get_kernel", lambda *a: calls.append(a) or real(*a))
+    _run(name, _all_on(name), torch.float32, steps=2)
+    assert calls, "the default CPU backend did not run the fused kernel"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", ALGOS)
+def test_fused_storage_dtypes(name, dtype):
+    kwargs = _all_on(name)
+    got = _snapshot(*_run(name, _fused(name, kwargs), dtype))
+    if dtype == torch.float64:
+        want = _snapshot(*_run(name, dict(kwargs, foreach=False), dtype))
+    else:  # upcast, run the reference in float32, round to the storage dtype after each step
+        want = _snapshot(*_run(name, dict(kwargs, foreach=False), dtype, math_dtype=torch.float32))
+    _assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_per_tensor_step_counts(name):
+    """Params that miss gradients fall behind in step count: per-tensor scalars in one call."""
+    kwargs = _all_on(name)
+    got = _snapshot(*_run(name, _fused(name, kwargs), torch.float32, skip_every=3, steps=20))
+    want = _snapshot(*_run(name, dict(kwargs, foreach=False), torch.float32, skip_every=3, steps=20))
+    _assert_close(got, want, torch.float32)
+
+
+BIG = ((300, 301), (70001,), (3,), (129, 257))  # > 2 * codegen.GRAIN elements: threads split it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ALGOS)
+def test_bitwise_across_runs_and_thread_counts(name, dtype):
+    kwargs = _fused(name, _all_on(name))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _snapshot(*_run(name, kwargs, dtype, shapes=BIG, steps=5))
+        torch.set_num_threads(2)
+        two = _snapshot(*_run(name, kwargs, dtype, shapes=BIG, steps=5))
+        again = _snapshot(*_run(name, kwargs, dtype, shapes=BIG, steps=5))
+    finally:
+        torch.set_num_threads(threads)
+    _assert_equal(two, one)
+    _assert_equal(again, two)
+
+
+def test_layouts_the_kernel_cannot_walk_take_foreach():
+    """Non-contiguous, channels_last and mismatched layouts give the reference's numbers."""
+
+    def run(kwargs):
+        gen = torch.Generator().manual_seed(0)
+        params = [
+            torch.nn.Parameter(torch.randn(6, 5, generator=gen).t()),  # transposed
+            torch.nn.Parameter(torch.randn(2, 3, 4, 5, generator=gen).to(memory_format=torch.channels_last)),
+            torch.nn.Parameter(torch.randn(40, generator=gen)),
+            torch.nn.Parameter(torch.randn(8, 8, generator=gen)),
+        ]
+        opt = gradstep.Adam(params, lr=0.01, weight_decay=0.1, **kwargs)
+        for step in range(10):
+            g = torch.Generator().manual_seed(step)
+            for i, p in enumerate(params):
+                grad = torch.randn(p.shape, generator=g)
+                if i == 1 and step % 2:
+                    grad = grad.contiguous()  # a contiguous grad for a channels_last param
+                if i == 3:
+                    grad = torch.randn(8, 8, generator=g).t()  # a transposed grad
+                p.grad = grad
+            opt.step()
+        return _snapshot(params, opt)
+
+    _assert_close(run(dict(fused=True)), run(dict(foreach=False)), torch.float32)
+
+
+def test_generated_source_is_specialised():
+    from gradstep.algorithms.adam import AdamConfig, adam_rule
+
+    names = ("lr", "beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt")
+    plain = runner.kernel_source(adam_rule, AdamConfig(False, False, False, False), names, 2, ("float32",) * 4)
+    ams = runner.kernel_source(adam_rule, AdamConfig(False, False, False, True), names, 3, ("bfloat16",) * 5)
+    assert "#pragma omp parallel" in plain and "fmaf" in plain and "gs_bf16" not in plain.split("*/", 2)[-1]
+    assert "gs_bf16_store" in ams.split("/* graph:")[1]
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache directory and no in-process memo."""
+    monkeypatch.setenv("GRADSTEP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(compiler, "_loaded", {})
+    monkeypatch.setattr(runner, "_kernels", {})
+    return tmp_path / "cache"
+
+
+SOURCE = "double gs_probe(void) { return 42.0; }\n"
+
+
+def _probe(name="gs_probe"):
+    import ctypes
+
+    fn = compiler.load(SOURCE, name, ())
+    fn.restype = ctypes.c_double
+    return fn
+
+
+def test_cache_hit_in_process_and_on_disk(fresh_cache, monkeypatch):
+    builds = []
+    real = compiler._compile
+    monkeypatch.setattr(compiler, "_compile", lambda *a: builds.append(a) or real(*a))
+    assert _probe()() == 42.0
+    assert _probe()() == 42.0  # memo
+    monkeypatch.setattr(compiler, "_loaded", {})
+    assert _probe()() == 42.0  # disk
+    assert len(builds) == 1
+    assert oct(fresh_cache.stat().st_mode & 0o777) == "0o700"
+    assert sorted(p.suffix for p in fresh_cache.iterdir()) == [".c", ".ref", ".so"]
+
+
+def test_second_process_hits_the_cache(fresh_cache):
+    code = (
+        "from gradstep.backends.cpu import compiler\n"
+        "builds = []\nreal = compiler._compile\n"
+        "compiler._compile = lambda *a: builds.append(1) or real(*a)\n"
+        "import ctypes\n"
+        f"fn = compiler.load({SOURCE!r}, 'gs_probe', ())\n"
+        "fn.restype = ctypes.c_double\n"
+        "print(len(builds), fn())\n"
+    )
+    env = dict(os.environ, GRADSTEP_CACHE_DIR=str(fresh_cache))
+    outs = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
+    assert outs == ["1 42.0\n", "0 42.0\n"]
+
+
+@pytest.mark.parametrize("what", ["library", "source", "index"])
+def test_tampered_cache_entry_is_not_loaded(fresh_cache, monkeypatch, what):
+    _probe()
+    (ref,) = fresh_cache.glob("*.ref")
+    key = ref.stem
+    (lib,) = fresh_cache.glob(f"{key}-*.so")
+    # (replace files rather than rewrite them: the library is mapped into this process)
+    target, data = {
+        "library": (lib, lib.read_bytes() + b"\0"),
+        "source": (fresh_cache / f"{key}.c", SOURCE.replace("42.0", "13.0").encode()),
+        "index": (ref, b"0" * 64),
+    }[what]
+    tmp = fresh_cache / "tampered"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    monkeypatch.setattr(compiler, "_loaded", {})
+    assert compiler._verified_library(fresh_cache, key, compiler.compiler()) is None
+    builds = []
+    real = compiler._compile
+    monkeypatch.setattr(compiler, "_compile", lambda *a: builds.append(a) or real(*a))
+    assert _probe()() == 42.0
+    assert len(builds) == 1  # rebuilt, not loaded
+    assert compiler._verified_library(fresh_cache, key, compiler.compiler()) is not None
+
+
+def test_unsafe_cache_directory_is_not_used(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GRADSTEP_CACHE_DIR", str(shared))
+    monkeypatch.setattr(compiler, "_loaded", {})
+    assert compiler.cache_dir() is None
+    assert _probe()() == 42.0  # built in a private temporary directory instead
+    assert list(shared.iterdir()) == []
+
+
+def test_missing_compiler_warns_once_and_uses_foreach(fresh_cache, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(runner, "_warned", set())
+    monkeypatch.setattr(steps, "_fns", {})
+    monkeypatch.setattr(steps, "_failed", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _snapshot(*_run("Adam", dict(lr=0.01, fused=True), torch.float32, steps=5))
+        _run("Adam", dict(lr=0.01, amsgrad=True), torch.float32, steps=5)  # another config: no new warning
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1, messages
+    assert "foreach" in messages[0] and "no C compiler" in messages[0]
+    monkeypatch.setattr(steps, "_failed", False)
+    want = _snapshot(*_run("Adam", dict(lr=0.01, foreach=True), torch.float32, steps=5))
+    _assert_equal(got, want)
