@@ -38,4 +38,6 @@ __all__ = [
     "register_optimizer_step_post_hook",
     "register_optimizer_step_pre_hook",
     "swap_in_optimizer_params_and_state",
+    "lr_scheduler",
+    "swa_utils",
 ]
