@@ -62,9 +62,9 @@ class _LambdaScheduler(LRScheduler):
         """Restore the state; saved callable-object attributes go back into our callables."""
         saved = state_dict["lr_lambdas"]
         self.__dict__.update({k: v for k, v in state_dict.items() if k != "lr_lambdas"})
-        for fn, attrs in zip(self.lr_lambdas, saved):
+        for i, attrs in enumerate(saved):
             if attrs is not None:
-                fn.__dict__.update(attrs)
+                self.lr_lambdas[i].__dict__.update(attrs)
 
 
 class LambdaLR(_LambdaScheduler):
