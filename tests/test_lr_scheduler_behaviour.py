@@ -19,7 +19,7 @@ from test_lr_scheduler import (
     assert_same,
     exp_decay,
     make_optimizer,
-    settings_free_spec,
+    typical_spec,
     snapshot,
 )
 
@@ -278,7 +278,7 @@ def test_get_lr_outside_step_warns(name):
         pytest.skip("no get_lr of its own")
     for module in MODULES:
         opt = make_optimizer("sgd", (0.1, 0.02))
-        sched = settings_free_spec(name)(module, opt)
+        sched = typical_spec(name)(module, opt)
         with pytest.warns(UserWarning, match="please use `get_last_lr\\(\\)`"):
             sched.get_lr()
 
@@ -355,7 +355,7 @@ def test_tensor_lr_updated_in_place_and_never_aliased(name, dtype):
     elif name == "ReduceLROnPlateau":
         sched = G.ReduceLROnPlateau(opt, patience=0)
     else:
-        sched = settings_free_spec(name)(G, opt)
+        sched = typical_spec(name)(G, opt)
     for i in range(8):
         opt.step()
         sched.step(float(i)) if name == "ReduceLROnPlateau" else sched.step()
@@ -382,7 +382,7 @@ def _stepped(module, name, n=7):
     elif name == "ReduceLROnPlateau":
         sched = module.ReduceLROnPlateau(opt, patience=1)
     else:
-        sched = settings_free_spec(name)(module, opt)
+        sched = typical_spec(name)(module, opt)
     for i in range(n):
         opt.step()
         sched.step(1.0) if name == "ReduceLROnPlateau" else sched.step()

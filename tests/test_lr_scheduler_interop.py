@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.optim.lr_scheduler as T
 import torch.optim.swa_utils as TS
-from test_lr_scheduler import assert_same, make_optimizer, settings_free_spec, snapshot
+from test_lr_scheduler import assert_same, make_optimizer, typical_spec, snapshot
 
 import gradstep
 import gradstep.lr_scheduler as G
@@ -113,7 +113,7 @@ def _exercise_schedulers(module):
         elif name == "ReduceLROnPlateau":
             sched = module.ReduceLROnPlateau(opt, patience=0)
         else:
-            sched = settings_free_spec(name)(module, opt)
+            sched = typical_spec(name)(module, opt)
         for i in range(6):
             opt.step()
             if name == "ReduceLROnPlateau":
@@ -281,7 +281,7 @@ def test_every_scheduler_on_gradstep_sgd(name):
     def trace(opt_cls):
         params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
         opt = opt_cls([{"params": [params[0]]}, {"params": [params[1]], "lr": 0.02}], lr=0.1, momentum=0.9)
-        sched = settings_free_spec(name)(G, opt)
+        sched = typical_spec(name)(G, opt)
         out = []
         for _ in range(20):  # OneCycleLR's configuration has 20 steps
             for p in params:
