@@ -93,7 +93,7 @@ def test_schedulers(kind, name, tmp_path, capsys):
         (["--lr", "-0.1"], r"argument --lr: must be a finite number >= 0"),
         (["--lr", "fast"], r"argument --lr: not a number"),
         (["--epochs", "0"], r"argument --epochs: must be at least 1"),
-        (["--epochs", "two"], r"argument --epochs: invalid _positive_int value"),
+        (["--epochs", "two"], r"argument --epochs: not an integer: 'two'"),
         (["--batch-size", "-4"], r"argument --batch-size: must be at least 1"),
         (["--scheduler", "linear"], r"argument --scheduler: invalid choice: 'linear'"),
         (["--bogus"], r"unrecognized arguments: --bogus"),

@@ -2,7 +2,8 @@
 
 A subcommand is one ``add_<name>(subparsers)`` function that defines its options and sets
 ``func`` (called with the parsed arguments, returns an exit code), listed in SUBCOMMANDS.
-The work itself lives in its own module, imported only when the subcommand runs.
+The work itself lives in its own module (demo.py for ``demo``); bad options are argparse
+errors (exit 2), problems found while running are a message on stderr and exit 1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from collections.abc import Sequence
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -97,17 +101,21 @@ def add_demo(subparsers) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from . import demo
 
-    result = demo.run_demo(
-        optimizer=args.optimizer,
-        lr=args.lr,
-        scheduler=args.scheduler,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        output=args.output,
-        compare=not args.no_compare,
-        progress=not args.no_progress,
-    )
+    try:
+        result = demo.run_demo(
+            optimizer=args.optimizer,
+            lr=args.lr,
+            scheduler=args.scheduler,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            output=args.output,
+            compare=not args.no_compare,
+            progress=not args.no_progress,
+        )
+    except demo.DemoError as e:  # a missing extra or feature: a message, not a traceback
+        print(f"gradstep demo: error: {e}", file=sys.stderr)
+        return 1
     print(demo.format_report(result))
     return 0
 
@@ -133,15 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradstep`` console script and ``python -m gradstep``."""
-    from .demo import DemoError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DemoError as e:
-        print(f"gradstep {args.command}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
 
