@@ -109,6 +109,9 @@ def sequential(m, kind):
 BAD_CONSTRUCTIONS = {
     "not an optimizer": lambda m: m.StepLR(object(), 2),
     "plateau not an optimizer": lambda m: m.ReduceLROnPlateau(3),
+    "lambda not an optimizer": lambda m: m.LambdaLR(object(), exp_decay),
+    "cyclic not an optimizer": lambda m: m.CyclicLR(object(), 0.1, 0.2),
+    "onecycle not an optimizer": lambda m: m.OneCycleLR(None, 0.1, 10),
     "resume without initial_lr": resumed_without_initial_lr,
     "lambda count": lambda m: m.LambdaLR(sgd(2), [exp_decay]),
     "lambda not callable": lambda m: m.LambdaLR(sgd(2), 3),

@@ -12,7 +12,13 @@ import types
 from functools import partial
 from typing import Any, Callable
 
-from ._base import LRScheduler, _per_group, _set_group_value, _warn_if_outside_step
+from ._base import (
+    LRScheduler,
+    _check_optimizer,
+    _per_group,
+    _set_group_value,
+    _warn_if_outside_step,
+)
 
 __all__ = ["CyclicLR", "OneCycleLR"]
 
@@ -75,6 +81,7 @@ class CyclicLR(LRScheduler):
         max_momentum: float = 0.9,
         last_epoch: int = -1,
     ) -> None:
+        _check_optimizer(optimizer)
         base_lrs = _per_group("base_lr", optimizer, base_lr)
         if last_epoch == -1:
             for group, lr in zip(optimizer.param_groups, base_lrs):
@@ -211,6 +218,7 @@ class OneCycleLR(LRScheduler):
         three_phase: bool = False,
         last_epoch: int = -1,
     ) -> None:
+        _check_optimizer(optimizer)
         self.total_steps = self._count_steps(total_steps, epochs, steps_per_epoch)
         self._schedule_phases = self._phases(self.total_steps, pct_start, three_phase)
 
