@@ -345,3 +345,24 @@ def test_missing_compiler_warns_once_and_uses_foreach(fresh_cache, monkeypatch):
     monkeypatch.setattr(steps, "_failed", False)
     want = _snapshot(*_run("Adam", dict(lr=0.01, foreach=True), torch.float32, steps=5))
     _assert_equal(got, want)
+
+
+# ----------------------------------------------------------------------------- the fused flag
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_fused_flag_validated_like_torch(name):
+    """``fused=True`` is accepted everywhere; with foreach or differentiable it is torch's
+    error; unused, it leaves the param_group keys exactly torch's."""
+    cls = getattr(gradstep, name)
+    import inspect
+
+    if "fused" not in inspect.signature(cls).parameters:
+        pytest.skip(f"{name} has no fused flag yet")
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together."):
+        cls([p], fused=True, foreach=True)
+    with pytest.raises(RuntimeError, match="`fused` does not support `differentiable`"):
+        cls([p], fused=True, differentiable=True)
+    assert cls([p], fused=True).param_groups[0]["fused"] is True
+    assert list(cls([p]).param_groups[0]) == list(getattr(torch.optim, name)([p]).param_groups[0])

@@ -114,7 +114,6 @@ def test_api_matches_torch():
         (dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
         (dict(weight_decay=-1), ValueError, "Invalid weight_decay value: -1"),
         (dict(momentum_decay=-0.2), ValueError, "Invalid momentum_decay value: -0.2"),
-        (dict(fused=True), TypeError, "unexpected keyword argument 'fused'"),
     ],
 )
 def test_errors_match_torch(kwargs, error, match):

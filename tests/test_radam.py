@@ -87,7 +87,6 @@ def test_api_matches_torch():
         (dict(betas=(1.0, 0.0)), ValueError, "Invalid beta parameter at index 0: 1.0"),
         (dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
         (dict(weight_decay=-1), ValueError, "Invalid weight_decay value: -1"),
-        (dict(fused=True), TypeError, "unexpected keyword argument 'fused'"),
     ],
 )
 def test_errors_match_torch(kwargs, error, match):

@@ -102,7 +102,6 @@ def test_api_matches_torch():
         (dict(etas=(1.0, 0.5)), ValueError, "Invalid eta values: 1.0, 0.5"),
         (dict(etas=(0.5, 1.0)), ValueError, "Invalid eta values: 0.5, 1.0"),
         (dict(etas=(0.0, 1.2)), ValueError, "Invalid eta values: 0.0, 1.2"),
-        (dict(fused=True), TypeError, "unexpected keyword argument 'fused'"),
         (dict(weight_decay=0.1), TypeError, "unexpected keyword argument 'weight_decay'"),
     ],
 )

@@ -67,6 +67,17 @@ def check_backend_flags(*, foreach: Any, fused: Any, differentiable: bool) -> No
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
+def add_fused_flag(defaults: dict, fused: Any, *, foreach: Any, differentiable: bool) -> None:
+    """``fused=`` for an algorithm torch.optim has no fused kernel for (gradstep has one).
+
+    Validated like torch's fused flags; put into the group defaults only when given, so an
+    optimizer built without it has torch.optim's exact param_group keys and state_dict.
+    """
+    if fused is not None:
+        check_backend_flags(foreach=foreach, fused=fused, differentiable=differentiable)
+        defaults["fused"] = fused
+
+
 def check_fused_params(params: list[torch.Tensor]) -> None:
     """The fused backends take real floating-point tensors on supported devices."""
     for p in params:

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, hyper, new_step
-from ._validation import check_lr, check_nonnegative
+from ._validation import add_fused_flag, check_lr, check_nonnegative
 
 
 class AdadeltaConfig(NamedTuple):
@@ -47,6 +47,7 @@ class Adadelta(ElementwiseOptimizer):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         if not 0.0 <= rho <= 1.0:
@@ -63,6 +64,7 @@ class Adadelta(ElementwiseOptimizer):
             foreach=foreach,
             differentiable=differentiable,
         )
+        add_fused_flag(defaults, fused, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def _state_keys(self, group):

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, hyper, new_step
-from ._validation import check_betas, check_lr, check_nonnegative
+from ._validation import add_fused_flag, check_betas, check_lr, check_nonnegative
 
 
 class AdamaxConfig(NamedTuple):
@@ -48,6 +48,7 @@ class Adamax(ElementwiseOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_nonnegative(eps, "epsilon value")
@@ -63,6 +64,7 @@ class Adamax(ElementwiseOptimizer):
             differentiable=differentiable,
             capturable=capturable,
         )
+        add_fused_flag(defaults, fused, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def _state_keys(self, group):

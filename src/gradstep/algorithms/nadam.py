@@ -13,7 +13,7 @@ import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, new_step, scalar_dtype, to_float
 from ._torch_paths import torch_takes_foreach
-from ._validation import check_betas, check_lr, check_nonnegative
+from ._validation import add_fused_flag, check_betas, check_lr, check_nonnegative
 
 
 class NAdamConfig(NamedTuple):
@@ -60,6 +60,7 @@ class NAdam(ElementwiseOptimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_nonnegative(eps, "epsilon value")
@@ -78,6 +79,7 @@ class NAdam(ElementwiseOptimizer):
             capturable=capturable,
             differentiable=differentiable,
         )
+        add_fused_flag(defaults, fused, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:

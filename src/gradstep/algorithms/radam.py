@@ -15,7 +15,7 @@ import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, new_step, to_float
 from ._torch_paths import torch_takes_foreach
-from ._validation import check_betas, check_lr, check_nonnegative
+from ._validation import add_fused_flag, check_betas, check_lr, check_nonnegative
 
 
 class RAdamConfig(NamedTuple):
@@ -61,6 +61,7 @@ class RAdam(ElementwiseOptimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_nonnegative(eps, "epsilon value")
@@ -77,6 +78,7 @@ class RAdam(ElementwiseOptimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             differentiable=differentiable,
         )
+        add_fused_flag(defaults, fused, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def _state_keys(self, group):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, hyper, new_step
-from ._validation import check_lr, check_nonnegative
+from ._validation import add_fused_flag, check_lr, check_nonnegative
 
 
 class RMSpropConfig(NamedTuple):
@@ -70,6 +70,8 @@ class RMSprop(ElementwiseOptimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        *,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_nonnegative(eps, "epsilon value")
@@ -88,6 +90,7 @@ class RMSprop(ElementwiseOptimizer):
             maximize=maximize,
             differentiable=differentiable,
         )
+        add_fused_flag(defaults, fused, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def _state_keys(self, group):

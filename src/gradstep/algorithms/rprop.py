@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, new_step, to_float
-from ._validation import check_lr
+from ._validation import add_fused_flag, check_lr
 
 
 class RpropConfig(NamedTuple):
@@ -51,6 +51,7 @@ class Rprop(ElementwiseOptimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
@@ -64,6 +65,7 @@ class Rprop(ElementwiseOptimizer):
             differentiable=differentiable,
             capturable=capturable,
         )
+        add_fused_flag(defaults, fused, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def _state_keys(self, group):
