@@ -21,6 +21,8 @@ import torch
 import torch.optim as _torch_optim
 from torch.utils.hooks import RemovableHandle
 
+from ._state_dict_checks import check_layout, check_param_state
+
 __all__ = [
     "Optimizer",
     "register_optimizer_step_pre_hook",
@@ -276,6 +278,30 @@ class Optimizer(_torch_optim.Optimizer):
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Hook for algorithms to check a group's options before it is added."""
 
+    def _check_param_dtype(self, group: dict[str, Any], param: torch.Tensor) -> None:
+        """Refuse, before any group is updated, a parameter whose dtype can't take an update.
+
+        torch.optim fails on integer or bool parameters mid-step with whichever op meets them
+        first (or, in some paths, rounds the update away); gradstep raises one RuntimeError
+        that holds torch's in-place cast message and names the parameter.
+        """
+        if param.is_floating_point() or param.is_complex():
+            return
+        group_index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        index = next(i for i, q in enumerate(group["params"]) if q is param)
+        where = (
+            f"{type(self).__name__} updates floating-point and complex parameters only, but "
+            f"parameter {index} of param group {group_index} has dtype {param.dtype}"
+        )
+        if group.get("fused"):
+            from .algorithms._validation import check_fused_params
+
+            try:
+                check_fused_params([param])
+            except RuntimeError as error:
+                raise RuntimeError(f"{error} ({where})") from None
+        raise RuntimeError(f"{_inplace_cast_message(param.dtype)} ({where})")
+
     # ------------------------------------------------------------------ gradients
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -467,25 +493,17 @@ class Optimizer(_torch_optim.Optimizer):
         Everything is validated before anything is changed: a failed load leaves the optimizer
         exactly as it was.
         """
+        groups = self.param_groups
+        check_layout(state_dict, groups)
         state_dict = dict(state_dict)
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+                check_layout(state_dict, groups)
 
-        groups = self.param_groups
         saved_groups = deepcopy(state_dict["param_groups"])
         saved_state = state_dict["state"]
-        if len(groups) != len(saved_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        for group, saved in zip(groups, saved_groups):
-            if "params" not in saved:
-                raise ValueError("loaded state dict contains a parameter group without 'params'")
-            if len(group["params"]) != len(saved["params"]):
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't match the size "
-                    "of optimizer's group"
-                )
 
         id_map = dict(
             zip(
@@ -505,23 +523,38 @@ class Optimizer(_torch_optim.Optimizer):
                 return type(value)(cast(param, v, param_id, key) for v in value)
             return value
 
-        new_state: defaultdict[Any, Any] = defaultdict(dict)
-        for key, value in saved_state.items():
-            if key in id_map:
-                param = id_map[key]
-                new_state[param] = cast(param, value, key)
-            else:
-                new_state[key] = value
-        self._check_loaded_state(new_state, groups)
-
         new_groups = []
         for group, saved in zip(groups, saved_groups):
+            saved = dict(saved)
             saved["params"] = group["params"]
             if "param_names" in group and "param_names" not in saved:
                 saved["param_names"] = group["param_names"]
             new_groups.append(saved)
 
-        self.__setstate__({"state": new_state, "param_groups": new_groups})
+        group_of = {id(p): g for g in new_groups for p in g["params"]}
+        new_state: defaultdict[Any, Any] = defaultdict(dict)
+        for key, value in saved_state.items():
+            if key in id_map:
+                param = id_map[key]
+                group = {**self.defaults, **group_of[id(param)]}  # old checkpoints lack options
+                check_param_state(
+                    key,
+                    param,
+                    value,
+                    self._param_shaped_state_keys(),
+                    self._expected_state_keys(group),
+                )
+                new_state[param] = cast(param, value, key)
+            else:
+                new_state[key] = value
+        self._check_loaded_state(new_state, groups)
+
+        previous = {"state": self.state, "param_groups": self.param_groups}
+        try:
+            self.__setstate__({"state": new_state, "param_groups": new_groups})
+        except BaseException:
+            self.__dict__.update(previous)  # a failed load changes nothing
+            raise
 
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
@@ -548,6 +581,22 @@ class Optimizer(_torch_optim.Optimizer):
     def _param_shaped_state_keys(self) -> frozenset[str]:
         """State entries that must have their parameter's shape (algorithms override)."""
         return frozenset()
+
+    def _expected_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """Entries every non-empty per-parameter state of ``group`` holds (algorithms override).
+
+        ``load_state_dict`` refuses a checkpoint whose state lacks one of them.
+        """
+        return ()
+
+
+def _inplace_cast_message(dtype: torch.dtype) -> str:
+    """torch's own words for writing a float result into a tensor of ``dtype``."""
+    try:
+        torch.zeros(1, dtype=dtype).mul_(0.5)
+    except RuntimeError as error:
+        return str(error)
+    return f"result type Float can't be cast to the desired output type {dtype}"
 
 
 def _use_grad_for_differentiable(step: Callable) -> Callable:

@@ -103,6 +103,9 @@ class ElementwiseOptimizer(Optimizer):
             keys.update(self._state_keys(group))
         return frozenset(keys)
 
+    def _expected_state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return (("step",) if self.counts_steps else ()) + tuple(self._state_keys(group))
+
     # ------------------------------------------------------------------ the step
 
     def _params_with_grad(self, group: dict[str, Any]) -> list[torch.Tensor]:
@@ -112,6 +115,7 @@ class ElementwiseOptimizer(Optimizer):
                 continue
             if p.grad.is_sparse and self.sparse_runner is None:
                 raise RuntimeError(self._sparse_error())
+            self._check_param_dtype(group, p)
             params.append(p)
         return params
 

@@ -97,7 +97,8 @@ class Adam(ElementwiseOptimizer):
             group.setdefault("decoupled_weight_decay", isinstance(self, AdamW))
 
     def _sparse_error(self):
-        return f"{type(self).__name__} does not support sparse gradients, please consider SparseAdam instead"
+        # torch.optim's AdamW says "Adam" too; regexes written for torch expect that text.
+        return "Adam does not support sparse gradients, please consider SparseAdam instead"
 
     def _state_keys(self, group):
         keys = ("exp_avg", "exp_avg_sq")
