@@ -121,7 +121,6 @@ def test_api_matches_torch():
         (dict(lr=-1), ValueError, "Invalid learning rate: -1"),
         (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "Tensor lr must be 1-element"),
         (dict(weight_decay=-0.5), ValueError, "Invalid weight_decay value: -0.5"),
-        (dict(fused=True), TypeError, "unexpected keyword argument 'fused'"),
     ],
 )
 def test_errors_match_torch(kwargs, error, match):

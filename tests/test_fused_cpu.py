@@ -355,10 +355,6 @@ def test_fused_flag_validated_like_torch(name):
     """``fused=True`` is accepted everywhere; with foreach or differentiable it is torch's
     error; unused, it leaves the param_group keys exactly torch's."""
     cls = getattr(gradstep, name)
-    import inspect
-
-    if "fused" not in inspect.signature(cls).parameters:
-        pytest.skip(f"{name} has no fused flag yet")
     p = torch.nn.Parameter(torch.randn(3))
     with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together."):
         cls([p], fused=True, foreach=True)

@@ -14,7 +14,7 @@ import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, scalar_dtype
 from ._torch_paths import torch_takes_foreach
-from ._validation import check_lr, check_nonnegative
+from ._validation import add_fused_flag, check_lr, check_nonnegative
 
 
 class ASGDConfig(NamedTuple):
@@ -60,6 +60,8 @@ class ASGD(ElementwiseOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        *,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_nonnegative(weight_decay, "weight_decay value")
@@ -74,6 +76,7 @@ class ASGD(ElementwiseOptimizer):
             differentiable=differentiable,
             capturable=capturable,
         )
+        add_fused_flag(defaults, fused, foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
