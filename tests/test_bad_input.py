@@ -27,16 +27,10 @@ _ASGD_AX = (
     "ASGD's ax average: torch copies the parameter while mu == 1, gradstep blends "
     "ax + (p - ax) * mu, which turns an inf parameter into NaN"
 )
-_ADAFACTOR_INT = (
-    "Adafactor meets an integer parameter with a different first op than torch (TypeError "
-    "from torch.finfo instead of torch's RuntimeError from vector_norm)"
-)
 KNOWN = {
     ("nan", "ASGD-default"): _ASGD_AX,
     ("nan", "ASGD-foreach=False"): _ASGD_AX,
     ("nan", "ASGD-foreach=True"): _ASGD_AX,
-    ("int", "Adafactor-default"): _ADAFACTOR_INT,
-    ("int", "Adafactor-foreach=False"): _ADAFACTOR_INT,
 }
 
 
