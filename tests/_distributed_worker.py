@@ -177,6 +177,7 @@ def fsdp2(workdir: str) -> None:
         assert_state_matches(
             opt.state_dict()["state"], ref_opt.state_dict()["state"], f"FSDP2 AdamW {kwargs}"
         )
+    _dtensor_layouts(data)
     for name, kwargs in _algorithms():
         ref_model, _ = reference(data, cls=getattr(torch.optim, name), **kwargs)
         for backend in (dict(foreach=False), dict()):
@@ -184,6 +185,30 @@ def fsdp2(workdir: str) -> None:
             opt = getattr(gradstep, name)(model.parameters(), **kwargs, **backend)
             train(model, opt, data, shard=True)
             assert_params_match(model, ref_model, f"FSDP2 {name} {backend}")
+
+
+def _dtensor_layouts(data) -> None:
+    """Replicated DTensors (tensor parallel keeps such params) take the local-shard path; a
+    gradient laid out unlike its parameter falls back to DTensor ops on the reference backend."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    gen = torch.Generator().manual_seed(3)
+    full = torch.randn(4, 3, generator=gen)
+    grads = [torch.randn(4, 3, generator=gen) for _ in range(3)]
+    for p_layout, g_layout in [(Replicate(), Replicate()), (Shard(0), Shard(0)), (Shard(0), Replicate())]:
+        for kwargs in BACKENDS:
+            ref = nn.Parameter(full.clone())
+            ref_opt = torch.optim.AdamW([ref], lr=LR)
+            p = nn.Parameter(distribute_tensor(full.clone(), mesh, [p_layout]))
+            opt = gradstep.AdamW([p], lr=LR, **kwargs)
+            for g in grads:
+                ref.grad, p.grad = g.clone(), distribute_tensor(g.clone(), mesh, [g_layout])
+                ref_opt.step()
+                opt.step()
+            torch.testing.assert_close(p.full_tensor().detach(), ref.detach(), **TOL,
+                                       msg=lambda m: f"DTensor {p_layout}/{g_layout} {kwargs}: {m}")
 
 
 def dcp(workdir: str) -> None:
