@@ -112,9 +112,9 @@ def test_torch_lr_scheduler_drives_gradstep(name, algorithm):
 # ------------------------------------------------------------------ AMP: GradScaler
 
 
-def _amp_run(lib, fused, dtype, unscale_and_clip, poison):
+def _amp_run(lib, fused, dtype, unscale_and_clip, poison, algorithm="AdamW"):
     model = make_model()
-    opt = lib.AdamW(model.parameters(), lr=0.01, fused=fused)
+    opt = getattr(lib, algorithm)(model.parameters(), lr=0.01, fused=fused)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
     history = []
     for i, batch in enumerate(batches(7)):
@@ -154,6 +154,19 @@ def test_grad_scaler_skips_inf_nan_steps_like_torch(fused, dtype, unscale_and_cl
     for i in poison:
         assert g_hist[i][1], f"step {i} was not skipped"
     assert_models_close(g_model, t_model)
+
+
+@pytest.mark.parametrize("algorithm", ["Adam", "SGD", "Adagrad"])
+@pytest.mark.parametrize("unscale_and_clip", [False, True], ids=["step", "unscale-clip-step"])
+def test_grad_scaler_with_other_fused_algorithms(algorithm, unscale_and_clip):
+    """The other algorithms torch.optim has a fused kernel for, through the same protocol."""
+    if not hasattr(gradstep, algorithm):
+        pytest.skip(f"gradstep.{algorithm} does not exist yet")
+    poison = {0: float("inf"), 3: float("nan")}
+    runs = [_amp_run(lib, True, torch.bfloat16, unscale_and_clip, poison, algorithm)
+            for lib in (gradstep, torch.optim)]
+    assert runs[0][1] == runs[1][1]
+    assert_models_close(runs[0][0], runs[1][0])
 
 
 def test_fused_optimizer_declares_amp_scaling_support():
