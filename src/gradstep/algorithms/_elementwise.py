@@ -21,6 +21,7 @@ import torch
 
 from ..backends import select_backend
 from ..optimizer import Optimizer, _use_grad_for_differentiable
+from ._steps import increment as increment_steps
 
 Scalars = SimpleNamespace
 
@@ -139,15 +140,15 @@ class ElementwiseOptimizer(Optimizer):
             s = self._scalars(group, None, states[0])
             return [s] * len(params)
         steps = [st["step"] for st in states]
-        torch._foreach_add_(steps, 1)
         if group.get("capturable"):
+            torch._foreach_add_(steps, 1)
             return [self._scalars(group, step, st) for step, st in zip(steps, states)]
+        values = increment_steps(steps)  # device counters (fused=True) are read without a sync
         if self.scalars_use_state:
-            return [self._scalars(group, step.item(), st) for step, st in zip(steps, states)]
+            return [self._scalars(group, value, st) for value, st in zip(values, states)]
         cache: dict[float, Scalars] = {}
         out = []
-        for step, st in zip(steps, states):
-            value = step.item()
+        for value, st in zip(values, states):
             if value not in cache:
                 cache[value] = self._scalars(group, value, st)
             out.append(cache[value])

@@ -1,9 +1,10 @@
 """Backends that execute an elementwise rule, and the choice between them.
 
 ``foreach=False`` runs the reference backend, ``foreach=True`` the foreach backend, ``fused=True``
-the fused backend (on the CPU: generated C, see cpu/); with no flag the fastest available backend
-is used: fused for CPU tensors, foreach otherwise. ``differentiable=True`` always uses the
-reference backend, whose ops autograd can differentiate.
+the fused backend (on the CPU: generated C, see cpu/; on CUDA: generated Triton, see cuda/); with
+no flag the fastest available backend is used: fused for CPU and CUDA tensors, foreach
+otherwise. ``differentiable=True`` always uses the reference backend, whose ops autograd can
+differentiate.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from .cpu import run_fused_cpu
+from .cuda import cuda_runner
 from .dtensor import dtensor_aware
 from .foreach import run_foreach
 from .reference import run_reference
@@ -39,7 +41,19 @@ def _by_device_and_dtype(runner: Runner) -> Runner:
 
 
 _foreach = _by_device_and_dtype(run_foreach)
-_fused = _by_device_and_dtype(run_fused_cpu)  # non-CPU parts go to foreach inside
+
+
+def _run_fused(rule, cfg, scalars, tensors):
+    """One (device, dtype) part: a Triton kernel on CUDA (foreach without Triton), else the CPU
+    backend (which sends other devices to foreach)."""
+    if tensors[0][0].device.type == "cuda":
+        run = cuda_runner() or run_foreach
+        run(rule, cfg, scalars, tensors)
+        return
+    run_fused_cpu(rule, cfg, scalars, tensors)
+
+
+_fused = _by_device_and_dtype(_run_fused)
 
 
 @dtensor_aware
@@ -52,6 +66,6 @@ def select_backend(group: dict[str, Any], params: list[torch.Tensor]) -> Runner:
         return _fused
     if foreach is False:
         return run_reference
-    if foreach is None and fused is None and params[0].device.type == "cpu":
+    if foreach is None and fused is None and params[0].device.type in ("cpu", "cuda"):
         return _fused
     return _foreach
