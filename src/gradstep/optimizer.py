@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
@@ -185,9 +186,13 @@ class Optimizer(_torch_optim.Optimizer):
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
         self.defaults.setdefault("differentiable", False)
         # Checkpoints from older versions may lack newer options: fill them from the defaults.
+        # `differentiable` only where the algorithm has that option: torch.optim adds it to the
+        # defaults of every optimizer, but to the groups of none that lacks it (LBFGS, Muon...).
+        has_differentiable = "differentiable" in inspect.signature(type(self).__init__).parameters
         for group in self.param_groups:
             for key, value in self.defaults.items():
-                group.setdefault(key, value)
+                if key != "differentiable" or has_differentiable:
+                    group.setdefault(key, value)
 
     def __repr__(self) -> str:
         lines = [type(self).__name__ + " ("]
