@@ -362,3 +362,89 @@ def test_fused_flag_validated_like_torch(name):
         cls([p], fused=True, differentiable=True)
     assert cls([p], fused=True).param_groups[0]["fused"] is True
     assert list(cls([p]).param_groups[0]) == list(getattr(torch.optim, name)([p]).param_groups[0])
+
+
+# ----------------------------------------------------------------------------- steady state
+
+
+def _steady_run(kwargs, steps=8, mutate=None, name="Adam"):
+    """``steps`` steps; ``mutate(step, opt, params)`` runs before each step."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in ((4, 3), (5,), (2, 2, 2))]
+    opt = getattr(gradstep, name)(params, **kwargs)
+    for step in range(steps):
+        g = torch.Generator().manual_seed(100 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        if mutate:
+            mutate(step, opt, params)
+        opt.step()
+    return _snapshot(params, opt)
+
+
+def test_steady_state_path_is_taken_and_bitwise_equal_to_the_generic_path(monkeypatch):
+    from gradstep.algorithms import _steady
+
+    taken = []
+    real = _steady.prepare
+    monkeypatch.setattr(_steady, "prepare", lambda o, g: taken.append(real(o, g)) or taken[-1])
+    for name in ALGOS:
+        taken.clear()
+        fast = _steady_run(_all_on(name), name=name)
+        assert sum(f is not None for f in taken) >= 6, name
+        monkeypatch.setattr(_steady, "prepare", lambda o, g: None)
+        generic = _steady_run(_all_on(name), name=name)
+        monkeypatch.setattr(_steady, "prepare", lambda o, g: taken.append(real(o, g)) or taken[-1])
+        _assert_equal(fast, generic)
+
+
+def _replace_state(step, opt, params):
+    if step == 4:
+        st = opt.state[params[0]]
+        st["exp_avg"] = st["exp_avg"].clone() * 0.5  # a new tensor object
+        opt.state[params[1]] = dict(opt.state[params[1]])  # a new dict, same tensors
+        opt.state[params[2]]["exp_avg_sq"].data = opt.state[params[2]]["exp_avg_sq"].data * 2  # new storage
+
+
+def _swap_param_data(step, opt, params):
+    if step == 3:
+        params[1].data = params[1].data.clone() + 1
+
+
+def _change_options(step, opt, params):
+    group = opt.param_groups[0]
+    group["lr"] = 0.01 / (step + 1)  # a scheduler
+    if step == 5:
+        group["weight_decay"] = 0.2  # a new config: another kernel
+
+
+def _drop_grads(step, opt, params):
+    if step % 3 == 1:
+        params[2].grad = None  # fewer params with grads; step counts diverge
+
+
+def _noncontiguous_grad(step, opt, params):
+    if step == 4:
+        params[0].grad = torch.randn(3, 4, generator=torch.Generator().manual_seed(7)).t()
+
+
+@pytest.mark.parametrize("mutate", [_replace_state, _swap_param_data, _change_options, _drop_grads,
+                                    _noncontiguous_grad])
+def test_steady_state_notices_changes(mutate):
+    got = _steady_run(dict(lr=0.01), mutate=mutate)
+    want = _steady_run(dict(lr=0.01, foreach=False), mutate=mutate)
+    _assert_close(got, want, torch.float32)
+
+
+def test_steady_state_checks_before_updating_anything():
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(6, 3))]
+    opt = gradstep.Adam([{"params": [params[0]]}, {"params": [params[1]]}], lr=0.1)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    before = [p.detach().clone() for p in params]
+    params[1].grad = torch.sparse_coo_tensor([[0, 2]], torch.randn(2, 3), (6, 3))
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    _assert_equal([p.detach() for p in params], before)

@@ -120,9 +120,25 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench ----------------------------------------------------------------------------------
+
+
+def add_bench(subparsers) -> None:
+    from . import benchmark
+
+    p = subparsers.add_parser(
+        "bench",
+        help="time optimizer steps of gradstep against torch.optim (every elementwise algorithm)",
+        description=benchmark.__doc__.split("\n\n")[0]
+        + " Prints a table; --json writes every measurement. See docs/performance.md.",
+    )
+    benchmark.add_arguments(p)
+    p.set_defaults(func=benchmark.main_with_args)
+
+
 # --- registration ---------------------------------------------------------------------------
 
-SUBCOMMANDS = [add_demo]
+SUBCOMMANDS = [add_demo, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

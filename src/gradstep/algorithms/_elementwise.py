@@ -21,6 +21,7 @@ import torch
 
 from ..backends import select_backend
 from ..optimizer import Optimizer, _use_grad_for_differentiable
+from . import _steady
 from ._steps import increment as increment_steps
 
 Scalars = SimpleNamespace
@@ -240,7 +241,15 @@ class ElementwiseOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # Check every group before touching any, so a foreseeable error updates nothing.
-        plan = [(group, self._params_with_grad(group)) for group in self.param_groups]
-        for group, params in plan:
-            self._update_group(group, params)
+        # Groups in a steady state on the fused CPU backend take the short path (_steady.py).
+        plan = []
+        for group in self.param_groups:
+            fast = _steady.prepare(self, group)
+            plan.append((group, fast, None if fast else self._params_with_grad(group)))
+        for group, fast, params in plan:
+            if fast is not None:
+                fast()
+            else:
+                self._update_group(group, params)
+                _steady.remember(self, group, params)
         return loss

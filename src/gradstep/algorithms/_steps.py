@@ -19,6 +19,8 @@ from collections import OrderedDict
 
 import torch
 
+from ..backends.cpu.steps import increment_cpu
+
 _MIRROR: OrderedDict[tuple, tuple[list[torch.Tensor], tuple, list[float]]] = OrderedDict()
 _GROUPS = 64
 # float32 counts integers exactly up to 2**24, float64 up to 2**53; beyond, read the device.
@@ -48,6 +50,9 @@ def _versions(steps: list[torch.Tensor]) -> tuple | None:
 def increment(steps: list[torch.Tensor]) -> list[float]:
     """Add one to every counter (one foreach op) and return their new values as floats."""
     if not steps or _reads_are_cheap(steps):
+        values = increment_cpu(steps) if steps else None  # one native call, no per-tensor ops
+        if values is not None:
+            return values
         torch._foreach_add_(steps, 1)
         return [s.item() for s in steps]
     key = tuple(map(id, steps))

@@ -56,3 +56,15 @@ def increment_cpu(steps: list[torch.Tensor]) -> list[float] | None:
     out = array("d", bytes(8 * len(steps)))
     fn(ptrs.buffer_info()[0], len(steps), out.buffer_info()[0])
     return out.tolist()
+
+
+def function(dtype: torch.dtype):
+    """The native incrementer for counters of ``dtype`` (float32/float64), or None."""
+    return _fn(dtype) if dtype in _NAMES else None
+
+
+def increment_ptrs(fn, ptrs: array) -> array:
+    """Add one to the counters at ``ptrs`` (validated by the caller) and return the new values."""
+    out = array("d", bytes(8 * len(ptrs)))
+    fn(ptrs.buffer_info()[0], len(ptrs), out.buffer_info()[0])
+    return out
