@@ -338,6 +338,14 @@ class Optimizer(_torch_optim.Optimizer):
         """Perform a single optimization step; implemented by each algorithm."""
         raise NotImplementedError
 
+    @staticmethod
+    def _evaluate_closure(closure: Callable[[], Any] | None) -> Any:
+        """The closure's loss, computed with autograd on (it recomputes the gradients)."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
     @property
     def _step_profile_name(self) -> str:
         name = type(self).__name__

@@ -236,10 +236,7 @@ class ElementwiseOptimizer(Optimizer):
             closure: a callable that re-evaluates the model and returns the loss (optional).
         """
         self._cuda_graph_capture_health_check()
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate_closure(closure)
         # Check every group before touching any, so a foreseeable error updates nothing.
         # Groups in a steady state on the fused CPU backend take the short path (_steady.py).
         plan = []

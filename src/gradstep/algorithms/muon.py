@@ -146,10 +146,7 @@ class Muon(Optimizer):
         Args:
             closure: a callable that re-evaluates the model and returns the loss (optional).
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate_closure(closure)
         for group in self.param_groups:
             params = self._params_with_grad(group)
             lr, momentum = group["lr"], group["momentum"]

@@ -86,10 +86,7 @@ class SparseAdam(Optimizer):
         Args:
             closure: a callable that re-evaluates the model and returns the loss (optional).
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate_closure(closure)
         for group in self.param_groups:
             params = []
             for p in group["params"]:
