@@ -64,7 +64,8 @@ static inline float gs_f16_load(uint16_t h) {
     memcpy(&f, &sub, 4);
     f -= magic;                                   /* subnormal halves, renormalised exactly */
     memcpy(&sub, &f, 4);
-    o = e == 0x0F800000u ? o + ((128u - 16u) << 23) : (e == 0 ? sub : o);
+    o = e == 0 ? sub : o;                         /* (one select per statement: vectorises) */
+    o = e == 0x0F800000u ? o + ((128u - 16u) << 23) : o;
     o |= (uint32_t)(h & 0x8000) << 16;
     memcpy(&f, &o, 4);
     return f;
@@ -80,8 +81,9 @@ static inline uint16_t gs_f16_store(float x) {  /* round to nearest even, as F16
         memcpy(&dn, &a, 4); dn -= mu;
     }
     nm = (u + ((uint32_t)(15 - 127) << 23) + 0xFFFu + ((u >> 13) & 1u)) >> 13;
-    uint32_t r = u >= (143u << 23) ? (u > (255u << 23) ? 0x7E00u : 0x7C00u)
-               : (u < (113u << 23) ? dn : nm);
+    uint32_t r = u < (113u << 23) ? dn : nm;
+    uint32_t special = u > (255u << 23) ? 0x7E00u : 0x7C00u;
+    r = u >= (143u << 23) ? special : r;
     return (uint16_t)(r | (sign >> 16));
 }
 """
@@ -134,6 +136,7 @@ class _Printer:
         self.scalar_index = {name: k for k, name in enumerate(graph.scalar_names)}
         self.params: list[Node] = []  # scalar nodes the loop body reads (passed as arguments)
         self._param_ids: set[int] = set()  # Node overloads ==, so track membership by index
+        self.lerp_weights: list[Node] = []  # scalar lerp weights: coefficient and side set once
 
     # names -------------------------------------------------------------------------------
     def ref(self, n: Node, *, as_bool: bool = False) -> str:
@@ -182,8 +185,16 @@ class _Printer:
                 if n.index in loads:
                     out.append(f"const {self.m.name} t{n.index} = {loads[n.index]};")
                 continue
-            expr = self.expr(n, None, self.m, scalar=False)
             ctype = "int" if n.is_bool else self.m.name
+            if n.op in ("maximum", "minimum"):
+                # Two statements: gcc if-converts (vectorises) these where one nested ternary
+                # is not; the larger (smaller) value, the second on ties, NaN if either is.
+                x, y = self.ref(n.args[0]), self.ref(n.args[1])
+                sym = ">" if n.op == "maximum" else "<"
+                out.append(f"const {ctype} t{n.index}_ = ({x} {sym} {y}) ? {x} : {y};")
+                out.append(f"const {ctype} t{n.index} = ({x} != {x}) ? {x} : t{n.index}_;")
+                continue
+            expr = self.expr(n, None, self.m, scalar=False)
             out.append(f"const {ctype} t{n.index} = {expr};")
         return out
 
@@ -229,6 +240,13 @@ class _Printer:
             return f"({a(0, as_bool=True)} ? {a(1)} : {a(2)})"
         if op == "lerp":
             # torch's vectorised lerp: |w| < 0.5 ? fma(w, e - s, s) : fma(w - 1, e - s, e)
+            if args is None and not n.args[2].is_tensor:  # weight fixed per call: choose once
+                w = n.args[2]
+                self.ref(w)
+                if w.index not in {x.index for x in self.lerp_weights}:
+                    self.lerp_weights.append(w)
+                s, e = a(0), a(1)
+                return f"{m.fn('fma')}(s{w.index}_c, {e} - {s}, s{w.index}_k ? {s} : {e})"
             s, e, w = a(0), a(1), a(2)
             return (
                 f"({m.fn('fabs')}({w}) < 0.5 ? {m.fn('fma')}({w}, {e} - {s}, {s})"
@@ -304,6 +322,14 @@ def generate(graph: Graph, dtypes: tuple[str, ...], name: str = "gs_step") -> st
     scalar_params = [f"const {'int' if s.is_bool else m.name} s{s.index}" for s in pr.params]
     ptr_args = [f"({STORAGE[dtypes[i]]} *)ptrs[{i} * n + t] + a" for i in roles]
     scalar_args = [f"sc.s{s.index}" for s in pr.params]
+    one = "1.0" if m is _DOUBLE else "1.0f"
+    for w in pr.lerp_weights:  # in the math type, as torch computes weight - 1
+        k = w.index
+        fields += [f"{m.name} s{k}_c;", f"int s{k}_k;"]
+        sets += [f"o->s{k}_k = {m.fn('fabs')}(o->s{k}) < 0.5;",
+                 f"o->s{k}_c = o->s{k}_k ? o->s{k} : o->s{k} - {one};"]
+        scalar_params += [f"const {m.name} s{k}_c", f"const int s{k}_k"]
+        scalar_args += [f"sc.s{k}_c", f"sc.s{k}_k"]
 
     lines = [_PRELUDE, "/* graph:", *("   " + ln for ln in graph.describe().splitlines()), "*/", ""]
     lines.append("typedef struct { int unused; " + " ".join(fields) + " } gs_scalars;")
