@@ -186,6 +186,11 @@ class _Printer:
                     out.append(f"const {self.m.name} t{n.index} = {loads[n.index]};")
                 continue
             ctype = "int" if n.is_bool else self.m.name
+            if n.op == "sign":  # two selects (no int arithmetic): +1, -1, or 0 for 0 and NaN
+                x, one = self.ref(n.args[0]), "1.0" if self.m is _DOUBLE else "1.0f"
+                out.append(f"const {ctype} t{n.index}_ = ({x} < 0) ? -{one} : 0;")
+                out.append(f"const {ctype} t{n.index} = ({x} > 0) ? {one} : t{n.index}_;")
+                continue
             if n.op in ("maximum", "minimum"):
                 # Two statements: gcc if-converts (vectorises) these where one nested ternary
                 # is not; the larger (smaller) value, the second on ties, NaN if either is.
