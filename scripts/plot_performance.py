@@ -1,6 +1,7 @@
 """Chart of the CPU benchmark: docs/performance.png from benchmarks/results/cpu.json.
 
     python scripts/plot_performance.py [results.json] [out.png]
+    python scripts/plot_performance.py --markdown [results.json]   # the tables of docs/performance.md
 
 Left: how many times faster gradstep's default step is than each torch.optim implementation
 (GPT-2-like float32 set). Middle: the same against torch's fastest implementation on ~2000 small
@@ -52,7 +53,7 @@ def main(src: str | None = None, dst: str | None = None) -> None:
         for i, a in enumerate(algos):
             if impl in gpt[a]:
                 xs.append(i + (k - 1.5) * width)
-                ys.append(gpt[a][impl]["median_s"] / gpt[a]["gradstep"]["median_s"])
+                ys.append(gpt[a][impl]["vs_gradstep"])
         ax.bar(xs, ys, width, label=impl.replace("torch ", "torch.optim "))
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_yscale("log")
@@ -64,8 +65,7 @@ def main(src: str | None = None, dst: str | None = None) -> None:
     ax = axes[1]
     ys = []
     for a in algos:
-        best = min(r["median_s"] for impl, r in small.get(a, {}).items() if impl in TORCH)
-        ys.append(best / small[a]["gradstep"]["median_s"])
+        ys.append(min(r["vs_gradstep"] for impl, r in small.get(a, {}).items() if impl in TORCH))
     ax.bar(range(len(algos)), ys, color="tab:green")
     ax.axhline(2.0, color="red", lw=0.8, ls="--", label="target 2x")
     ax.set_xticks(range(len(algos)), algos, rotation=45, ha="right")
@@ -93,5 +93,34 @@ def main(src: str | None = None, dst: str | None = None) -> None:
     print(f"wrote {dst}")
 
 
+def markdown(src: str | None = None) -> str:
+    """One markdown table per parameter set (times in ms; torch columns: torch time / gradstep time)."""
+    result = json.loads(Path(src or ROOT / "benchmarks/results/cpu.json").read_text())
+    out = []
+    for pset in dict.fromkeys(r["param_set"] for r in result["rows"]):
+        data = _by(result["rows"], pset)
+        overhead = pset.startswith("overhead")
+        head = ["algorithm", "B/param", "gradstep ms", "roofline ms", "% of roofline", "GB/s"]
+        head += ["vs for-loop", "vs foreach", "vs fused", "vs default"] + (["µs/tensor"] if overhead else [])
+        out += [f"**{_title(pset, data)}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for a, impls in data.items():
+            gs, roof = impls["gradstep"], impls.get("roofline")
+            cells = [a, str(gs["bytes_per_param"]), f"{gs['median_s'] * 1e3:.2f}",
+                     f"{roof['median_s'] * 1e3:.2f}" if roof else "-",
+                     f"{gs['frac_roofline']:.0%}" if gs["frac_roofline"] else "-",
+                     f"{gs['effective_gbs']:.1f}" if gs["effective_gbs"] else "-"]
+            for impl in TORCH:
+                r = impls.get(impl)
+                cells.append(f"{r['vs_gradstep']:.2f}x" if r else "—")
+            if overhead:
+                cells.append(f"{gs['median_s'] / gs['n_tensors'] * 1e6:.2f}")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown(*sys.argv[2:3]))
+    else:
+        main(*sys.argv[1:3])

@@ -142,7 +142,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: st
 
     After one warm-up call each, a function that takes less than ``min_sample`` seconds is
     called several times per sample (timer resolution and scheduling noise), the same number of
-    times in every sample.
+    times in every sample. The order of the functions rotates from round to round.
     """
     number = {}
     for name, fn in fns.items():
@@ -153,8 +153,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: st
         _sync(device)
         number[name] = max(1, min(1000, int(min_sample / max(time.perf_counter() - t0, 1e-7))))
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        # rotate the order, so that no implementation always runs right after the same one
+        # (a step that frees large temporaries slows whatever runs next)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             k = number[name]
             _sync(device)
             t0 = time.perf_counter()
@@ -287,6 +291,14 @@ class Row:
     effective_gbs: float | None = None
     frac_roofline: float | None = None
     frac_machine: float | None = None
+    #: median over samples of (this impl's time / gradstep's time in the same round): robust to
+    #: the machine's speed drifting between rounds
+    vs_gradstep: float | None = None
+
+
+def _paired(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num[i] / den[i] (both timed in round i)."""
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def _torch_impls(name: str, device: str, quick: bool = False) -> dict[str, dict]:
@@ -329,14 +341,15 @@ def run_set(pset: ParamSet, algorithms: list[str], repeats: int, device: str, ma
             opts.append(opt)
             fns[impl] = opt.step
         times = time_interleaved(fns, repeats, device, min_sample=0.003 if quick else 0.01)
-        roof = statistics.median(times["roofline"]) if "roofline" in times else None
+        roof = times.get("roofline")
         for impl, ts in times.items():
             med = statistics.median(ts)
             row = Row(pset.name, name, impl, pset.numel, len(pset.shapes), med, ts)
+            row.vs_gradstep = _paired(ts, times["gradstep"])
             if model is not None:
                 row.bytes_per_param = model["bytes_per_param"]
                 row.effective_gbs = model["bytes_per_param"] * pset.numel / med / 1e9
-                row.frac_roofline = roof / med if roof else None
+                row.frac_roofline = _paired(roof, ts) if roof else None
                 row.frac_machine = row.effective_gbs / machine_gbs if machine_gbs else None
             rows.append(row)
         log(_format_algorithm(rows[-len(times):]))
@@ -360,7 +373,7 @@ def _format_algorithm(rows: list[Row]) -> str:
         parts.append(f"{gs.frac_roofline:6.1%} of roofline, {gs.effective_gbs:6.2f} GB/s")
     for impl in IMPLS[2:]:
         if impl in by:
-            parts.append(f"{impl.replace('torch ', '')} {by[impl].median_s / gs.median_s:5.2f}x")
+            parts.append(f"{impl.replace('torch ', '')} {by[impl].vs_gradstep:5.2f}x")
     return " | ".join(parts)
 
 
@@ -378,7 +391,7 @@ def format_table(result: dict) -> str:
         n_params, n_tensors = sub[0].n_params, sub[0].n_tensors
         lines.append("")
         lines.append(f"== {pset}: {n_params / 1e6:.2f}M parameters in {n_tensors} tensors "
-                     f"(median step time, ms; torch columns: time / gradstep time)")
+                     f"(median step time, ms; %roof and torch columns: medians of per-round ratios)")
         head = f"{'algorithm':10s}{'B/param':>8s}{'gradstep':>10s}{'roofline':>10s}{'%roof':>7s}{'GB/s':>7s}{'%bw':>6s}"
         head += "".join(f"{c:>10s}" for c in ("for-loop", "foreach", "fused", "default"))
         if pset.startswith("overhead"):
@@ -394,7 +407,7 @@ def format_table(result: dict) -> str:
             line += f"{gs.frac_machine:6.0%}" if gs.frac_machine is not None else f"{'-':>6s}"
             for impl in IMPLS[2:]:
                 r = by.get(impl)
-                line += f"{r.median_s / gs.median_s:9.2f}x" if r else f"{'-':>10s}"
+                line += f"{r.vs_gradstep:9.2f}x" if r else f"{'-':>10s}"
             if pset.startswith("overhead"):
                 line += f"{gs.median_s / n_tensors * 1e6:11.2f}"
             lines.append(line)
@@ -422,7 +435,7 @@ def run(quick: bool = False, device: str = "cpu", algorithms: list[str] | None =
         n for n in (algorithms or ALGORITHMS)
         if isinstance(getattr(gradstep, n, None), type) and issubclass(getattr(gradstep, n), ElementwiseOptimizer)
     ]
-    repeats = repeats or (3 if quick else 7)
+    repeats = repeats or (3 if quick else 11)
     psets = [p for p in param_sets(quick) if not sets or any(s in p.name for s in sets)]
     bw = machine_bandwidth(device, (16 if quick else 64) << 20, repeats=5 if quick else 10)
     log(f"machine bandwidth: {bw['best_gbs']:.2f} GB/s best, {bw['median_gbs']:.2f} GB/s median")
@@ -455,7 +468,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algorithms", nargs="+", metavar="NAME", help="only these algorithms")
     parser.add_argument("--sets", nargs="+", metavar="NAME",
                         help="only parameter sets whose name contains one of these (e.g. bf16 small)")
-    parser.add_argument("--repeats", type=int, help="timed steps per implementation (default 7, quick 3)")
+    parser.add_argument("--repeats", type=int, help="timed samples per implementation (default 11, quick 3)")
 
 
 def main_with_args(args: argparse.Namespace) -> int:
