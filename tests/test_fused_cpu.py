@@ -482,3 +482,11 @@ def test_bf16_fp16_conversions_match_torch():
         want = floats.to(dtype)
         same = (got == want.view(torch.int16)) | (got.view(dtype).isnan() & want.isnan())
         assert bool(same.all()), f"{name}: {(~same).sum().item()} stores differ"
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_fused_rejects_complex_params_like_torch(name):
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    p.grad = torch.randn_like(p)
+    with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point"):
+        getattr(gradstep, name)([p], fused=True).step()

@@ -23,6 +23,7 @@ from ..backends import select_backend
 from ..optimizer import Optimizer, _use_grad_for_differentiable
 from . import _steady
 from ._steps import increment as increment_steps
+from ._validation import check_fused_params
 
 Scalars = SimpleNamespace
 
@@ -119,6 +120,8 @@ class ElementwiseOptimizer(Optimizer):
                 raise RuntimeError(self._sparse_error())
             self._check_param_dtype(group, p)
             params.append(p)
+        if group.get("fused"):  # torch's check for its fused kernels, for every fused group
+            check_fused_params(params)
         return params
 
     def _check_capturable(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
