@@ -29,6 +29,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..cache_files import atomic_write
+
 FLAGS = (
     "-O3",
     "-march=native",
@@ -124,17 +126,6 @@ def cache_key(source: str, argv: list[str]) -> str:
     return _sha256(ident.encode())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def _verified_library(directory: Path, key: str, argv: list[str]) -> Path | None:
     """The cached library for ``key`` if every check passes, else ``None``."""
@@ -172,9 +163,9 @@ def _compile(source: str, directory: Path, key: str, argv: list[str]) -> Path:
         data = out.read_bytes()
     digest = _sha256(data)
     lib = directory / f"{key}-{digest}.so"
-    _atomic_write(lib, data)
-    _atomic_write(directory / f"{key}.c", source.encode())
-    _atomic_write(directory / f"{key}.ref", digest.encode())
+    atomic_write(lib, data)
+    atomic_write(directory / f"{key}.c", source.encode())
+    atomic_write(directory / f"{key}.ref", digest.encode())
     return lib
 
 

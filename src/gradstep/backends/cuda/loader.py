@@ -16,9 +16,10 @@ import linecache
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
+
+from ..cache_files import atomic_write
 
 
 def cache_dir() -> Path:
@@ -35,17 +36,6 @@ def cache_dir() -> Path:
         os.chmod(path, 0o700)
     return path
 
-
-def _write_atomically(path: Path, text: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_source(source: str) -> ModuleType:
@@ -65,7 +55,7 @@ def load_source(source: str) -> ModuleType:
     except OSError:
         ok = False
     if not ok:
-        _write_atomically(path, data)
+        atomic_write(path, data)
     filename = str(path)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = ModuleType(name)
