@@ -38,6 +38,10 @@ class _LambdaScheduler(LRScheduler):
     them; callable objects have their ``__dict__`` saved and restored.
     """
 
+    # MultiplicativeLR rejects non-callables up front, as torch's does; LambdaLR fails
+    # later, when its first step calls the value (torch's TypeError, "not callable").
+    _lambdas_must_be_callable = False
+
     def __init__(self, optimizer, lr_lambda, last_epoch: int = -1) -> None:
         self.optimizer = optimizer
         n_groups = len(optimizer.param_groups)
@@ -47,6 +51,10 @@ class _LambdaScheduler(LRScheduler):
             self.lr_lambdas = list(lr_lambda)
         else:
             self.lr_lambdas = [lr_lambda] * n_groups
+        if self._lambdas_must_be_callable:
+            for fn in self.lr_lambdas:
+                if not callable(fn):
+                    raise TypeError(f"lr_lambda should be a function, but got {type(fn).__name__}")
         super().__init__(optimizer, last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
@@ -89,6 +97,8 @@ class LambdaLR(_LambdaScheduler):
 
 class MultiplicativeLR(_LambdaScheduler):
     """Each epoch, lr *= ``lr_lambda(epoch)`` (one function, or one per group)."""
+
+    _lambdas_must_be_callable = True
 
     def __init__(
         self,
