@@ -186,3 +186,27 @@ def test_step_errors_match_torch(backend, dtype, sparse, match):
         p.grad = g.to_sparse() if sparse else g
         with pytest.raises(RuntimeError, match=match):
             cls([p], **backend).step()
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_load_state_dict_with_number_steps_matches_torch(backend):
+    """Older checkpoints store steps as Python numbers; torch turns them back into tensors."""
+    results = []
+    for cls in (gradstep.Adafactor, torch.optim.Adafactor):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(2, 3)), torch.nn.Parameter(torch.randn(4))]
+        opt = cls(params, **backend)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        sd = opt.state_dict()
+        for st in sd["state"].values():
+            st["step"] = st["step"].item()
+        opt.load_state_dict(sd)
+        step = opt.state[params[0]]["step"]
+        assert torch.is_tensor(step) and step.dtype == torch.float32
+        opt.step()
+        results.append([p.detach().clone() for p in params] + [opt.state[params[0]]["step"]])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

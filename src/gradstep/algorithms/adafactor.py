@@ -37,6 +37,11 @@ def _schedule(group: dict[str, Any], t: float) -> tuple[float, Any]:
     return weight, rho
 
 
+def _step_dtype() -> torch.dtype:
+    """Step counters are float32 unless the default dtype is float64 (as in torch)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 def _item(x: torch.Tensor) -> float:
     """The value of a 0-d tensor; a DTensor's (e.g. a norm over FSDP2 shards) reduced first."""
     full = getattr(x, "full_tensor", None)
@@ -105,6 +110,11 @@ class Adafactor(Optimizer):
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
+            # Checkpoints may store steps as Python numbers: back to tensors, as torch does.
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not torch.is_tensor(st["step"]):
+                    st["step"] = torch.tensor(float(st["step"]), dtype=_step_dtype())
 
     def _param_shaped_state_keys(self) -> frozenset[str]:
         return frozenset({"variance"})
@@ -128,8 +138,7 @@ class Adafactor(Optimizer):
 
     @staticmethod
     def _init_state(grad: torch.Tensor, state: dict[str, Any]) -> None:
-        dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-        state["step"] = torch.tensor(0.0, dtype=dtype)
+        state["step"] = torch.tensor(0.0, dtype=_step_dtype())
         if grad.dim() > 1:
             row_shape = list(grad.shape)
             row_shape[-1] = 1
