@@ -1,5 +1,6 @@
 """ASGD parity with torch.optim across options, dtypes, backends and groups."""
 
+import copy
 import itertools
 
 import pytest
@@ -164,8 +165,49 @@ def test_differentiable(kwargs):
     assert_differentiable(gradstep.ASGD, torch.optim.ASGD, state, kwargs)
 
 
-@pytest.mark.parametrize("cfg", [ASGDConfig(*c) for c in itertools.product([False, True], repeat=3)])
+@pytest.mark.parametrize("cfg", [ASGDConfig(*c) for c in itertools.product([False, True], repeat=4)])
 @pytest.mark.parametrize("mu", [1.0, 0.25])
 def test_traced_rule_matches(cfg, mu):
     scalars = dict(eta=0.1, mu=mu, lambd=0.01, weight_decay=0.1)
     assert_traced_rule_matches(asgd_rule, cfg, scalars, n_states=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_eta_and_mu_come_from_the_host_mirror(backend, monkeypatch):
+    """A steady loop reads no eta/mu back from their tensors (a device sync per parameter on a
+    GPU); a checkpoint load or an outside write is noticed, and the numbers stay torch's."""
+    from gradstep.algorithms import _host_mirror
+
+    reads = []
+    real_read = _host_mirror.read_device
+    monkeypatch.setattr(_host_mirror, "read_device", lambda ts: reads.append(len(ts)) or real_read(ts))
+    ps = [torch.randn(4, requires_grad=True) for _ in range(3)]
+    tps = [p.detach().clone().requires_grad_() for p in ps]
+    opt = gradstep.ASGD(ps, lr=0.05, t0=3, **backend)
+    topt = torch.optim.ASGD(tps, lr=0.05, t0=3, **backend)
+
+    def step(i):
+        for p, tp in zip(ps, tps):
+            p.grad = torch.full_like(p, 0.1 * i + 0.3)
+            tp.grad = p.grad.clone()
+        opt.step()
+        topt.step()
+        for p, tp in zip(ps, tps):
+            torch.testing.assert_close(p, tp, rtol=1e-5, atol=1e-6)
+
+    step(0)
+    first = len(reads)
+    for i in range(1, 6):
+        step(i)
+    assert len(reads) == first  # steady: nothing read back
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # new state tensors: read once more
+    step(6)
+    assert len(reads) > first
+    again = len(reads)
+    opt.state[ps[1]]["eta"].fill_(0.01)  # an outside write bumps the version: read again
+    topt.state[tps[1]]["eta"].fill_(0.01)
+    step(7)
+    assert len(reads) > again
+    for p, tp in zip(ps, tps):
+        for key in ("eta", "mu", "step"):
+            torch.testing.assert_close(opt.state[p][key], topt.state[tp][key])

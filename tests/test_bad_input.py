@@ -23,15 +23,7 @@ CASES = [(s.name, b) for s in SPECS for b in s.backends()]
 
 # Differences from torch.optim that belong to an algorithm's own module, found by these tests.
 # strict: the test fails once the difference is fixed, so the entry gets removed.
-_ASGD_AX = (
-    "ASGD's ax average: torch copies the parameter while mu == 1, gradstep blends "
-    "ax + (p - ax) * mu, which turns an inf parameter into NaN"
-)
-KNOWN = {
-    ("nan", "ASGD-default"): _ASGD_AX,
-    ("nan", "ASGD-foreach=False"): _ASGD_AX,
-    ("nan", "ASGD-foreach=True"): _ASGD_AX,
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def case_id(name, backend):

@@ -25,7 +25,7 @@ import torch
 pytest.importorskip("triton", reason="Triton is not installed (pip install 'gradstep[cuda]')")
 
 import gradstep  # noqa: E402
-from gradstep.algorithms import _elementwise, _steps  # noqa: E402
+from gradstep.algorithms import _elementwise, _host_mirror, _steps  # noqa: E402
 from gradstep.algorithms._elementwise import ElementwiseOptimizer  # noqa: E402
 from gradstep.algorithms.adam import AdamConfig, adam_rule  # noqa: E402
 from gradstep.backends import _by_device_and_dtype, _fused, select_backend  # noqa: E402
@@ -350,8 +350,8 @@ def test_step_mirror_reads_device_only_when_needed(monkeypatch):
     """The host mirror of device step counters (exercised here on CPU counters)."""
     monkeypatch.setattr(_steps, "_reads_are_cheap", lambda steps: False)
     reads = []
-    real_read = _steps._read
-    monkeypatch.setattr(_steps, "_read", lambda ts: reads.append(len(ts)) or real_read(ts))
+    real_read = _host_mirror.read_device
+    monkeypatch.setattr(_host_mirror, "read_device", lambda ts: reads.append(len(ts)) or real_read(ts))
     steps = [torch.zeros(()) for _ in range(3)]
     assert _steps.increment(steps) == [1.0, 1.0, 1.0] and reads == [3]
     assert _steps.increment(steps) == [2.0, 2.0, 2.0] and reads == [3]

@@ -67,7 +67,7 @@ class ElementwiseOptimizer(Optimizer):
     #: whether the algorithm keeps a per-parameter ``step`` counter in its state
     counts_steps = True
     #: whether ``_scalars`` reads or updates per-parameter state (ASGD's eta/mu, NAdam's
-    #: mu_product); then it runs once per parameter rather than once per distinct step
+    #: mu_product); then ``_stateful_scalars`` runs rather than one call per distinct step
     scalars_use_state = False
     #: the tensors named by the capturable-device error (torch's wording differs per algorithm)
     capturable_tensors = "params and state_steps"
@@ -88,6 +88,16 @@ class ElementwiseOptimizer(Optimizer):
 
     def _scalars(self, group: dict[str, Any], step: Any, state: dict[str, Any]) -> Scalars:
         raise NotImplementedError
+
+    def _stateful_scalars(
+        self, group: dict[str, Any], steps: list[float], states: list[dict[str, Any]]
+    ) -> list[Scalars]:
+        """Each parameter's scalars, when they read or update its state (``scalars_use_state``).
+
+        One ``_scalars`` call per parameter, unless an algorithm does the whole group at once
+        (ASGD, whose per-parameter scalars live on the parameter's device).
+        """
+        return [self._scalars(group, step, st) for step, st in zip(steps, states)]
 
     def _first_step_config(self, group: dict[str, Any]) -> Any:
         """The config for parameters whose state was created in this step.
@@ -149,7 +159,7 @@ class ElementwiseOptimizer(Optimizer):
             return [self._scalars(group, step, st) for step, st in zip(steps, states)]
         values = increment_steps(steps)  # device counters (fused=True) are read without a sync
         if self.scalars_use_state:
-            return [self._scalars(group, value, st) for value, st in zip(values, states)]
+            return self._stateful_scalars(group, values, states)
         cache: dict[float, Scalars] = {}
         out = []
         for value, st in zip(values, states):
@@ -196,12 +206,12 @@ class ElementwiseOptimizer(Optimizer):
         self._check_capturable(group, params)
         if not self._amp_unscale(group, params):
             return
+        cfg = self._config(group)  # before _advance, which may update state it reads (ASGD)
         scalars = self._advance(group, params)
         keys = self._state_keys(group)
         run = select_backend(group, params)
         if self.sparse_runner is not None and any(p.grad.is_sparse for p in params):
             run = self.sparse_runner
-        cfg = self._config(group)
         first_cfg = self._first_step_config(group) if fresh else cfg
         batches = [(cfg, range(len(params)))]
         if first_cfg != cfg:

@@ -126,7 +126,7 @@ def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
     if opt.counts_steps:
         values = steps.increment_ptrs(plan.step_fn, plan.step_ptrs)
         if opt.scalars_use_state:
-            scalars = [opt._scalars(group, v, st) for v, st in zip(values, sts)]
+            scalars = opt._stateful_scalars(group, values, sts)
         elif min(values) == max(values):
             scalars = [opt._scalars(group, values[0], sts[0])] * n
         else:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from . import _host_mirror
 from ._elementwise import ElementwiseOptimizer, Scalars, scalar_dtype
 from ._torch_paths import torch_takes_foreach
 from ._validation import add_fused_flag, check_lr, check_nonnegative
@@ -23,6 +24,8 @@ class ASGDConfig(NamedTuple):
     # torch's foreach path computes p - eta * (g + lambd * p), its for-loop
     # p * (1 - lambd * eta) - eta * g; in bf16 the two round differently.
     folded: bool
+    # every mu is 1 (averaging has not started) on a path where torch.optim then copies p
+    copy_average: bool
 
 
 def asgd_rule(ops, cfg: ASGDConfig, s: Scalars, p, g, ax):
@@ -35,9 +38,10 @@ def asgd_rule(ops, cfg: ASGDConfig, s: Scalars, p, g, ax):
         p = ops.add(p, ops.add(g, p, s.lambd), -s.eta)
     else:
         p = ops.add(p * (1 - s.lambd * s.eta), g, -s.eta)
-    # lerp with weight mu is exactly p when mu == 1 (before averaging starts), else
-    # ax + mu * (p - ax): no branch on values is needed.
-    ax = ops.lerp(ax, p, s.mu)
+    if cfg.copy_average:
+        ax = p  # torch.optim's for-loop copies the parameter until averaging starts (mu == 1)
+    else:
+        ax = ax + (p - ax) * s.mu
     return p, ax
 
 
@@ -101,33 +105,66 @@ class ASGD(ElementwiseOptimizer):
         state["ax"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _config(self, group):
+        folded = torch_takes_foreach(group, group["params"][0])
         return ASGDConfig(
             maximize=group["maximize"],
             weight_decay=group["weight_decay"] != 0,
-            folded=torch_takes_foreach(group, group["params"][0]),
+            folded=folded,
+            copy_average=not (folded or group["capturable"]) and self._not_averaging(group),
         )
 
-    def _scalars(self, group, step, state):
-        """This step's eta and mu are the stored ones; then store the next step's.
+    def _not_averaging(self, group) -> bool:
+        """Whether every stored mu of the group is 1 (read from the host mirror)."""
+        mus = [st["mu"] for st in map(self.state.get, group["params"]) if st and "mu" in st]
+        return not mus or all(mu == 1 for mu in _host_mirror.values(mus))
 
-        torch.optim computes the next ones with tensor ops on the step counter (float32) when
-        capturable or on its foreach path, and in Python floats on its for-loop path; the
-        difference shows in float64 runs, so it is reproduced here.
-        """
+    def _scalars(self, group, step, state):
+        """With ``capturable=True``: this step's eta and mu are the stored ones (device
+        tensors, cloned); then store the next step's, with tensor ops on the device counter."""
         lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
-        eta, mu = state["eta"], state["mu"]
-        if group["capturable"]:
-            s = Scalars(eta=eta.clone(), mu=mu.clone())
-        else:
-            s = Scalars(eta=eta.item(), mu=mu.item())
-        if group["capturable"] or torch_takes_foreach(group, state["ax"]):
-            step_t = state["step"]
-            eta.copy_(lr / ((1 + lambd * lr * step_t) ** alpha))
-            mu.copy_(1 / torch.maximum(step_t - t0, torch.ones_like(step_t)))
-        else:  # (a tensor lr makes eta a tensor expression here too, as in torch.optim)
-            eta.copy_(torch.as_tensor(lr / ((1 + lambd * lr * step) ** alpha)))
-            mu.copy_(torch.as_tensor(1 / max(1, step - t0)))
-        s.lambd = lambd
-        s.weight_decay = group["weight_decay"]
+        eta, mu, step_t = state["eta"], state["mu"], state["step"]
+        s = Scalars(eta=eta.clone(), mu=mu.clone(), lambd=lambd, weight_decay=group["weight_decay"])
+        eta.copy_(lr / ((1 + lambd * lr * step_t) ** alpha))
+        mu.copy_(1 / torch.maximum(step_t - t0, torch.ones_like(step_t)))
         return s
 
+    def _stateful_scalars(self, group, steps, states):
+        """This step's eta and mu are the stored ones; then store the next step's.
+
+        Without ``capturable``, the stored values are known on the host (``_host_mirror``) and
+        the next ones are computed there, once per distinct step count, and written with one
+        copy per state key: no read of the device, no per-parameter kernels.
+        """
+        if group["capturable"]:
+            return super()._stateful_scalars(group, steps, states)
+        etas = [st["eta"] for st in states]
+        mus = [st["mu"] for st in states]
+        now = list(zip(_host_mirror.values(etas), _host_mirror.values(mus)))
+        tensor_math = torch_takes_foreach(group, states[0]["ax"])
+        nexts = {v: _next_eta_mu(group, v, states[0]["step"].dtype, tensor_math) for v in set(steps)}
+        _host_mirror.store(etas, [nexts[v][0] for v in steps])
+        _host_mirror.store(mus, [nexts[v][1] for v in steps])
+        lambd, weight_decay = group["lambd"], group["weight_decay"]
+        made: dict[tuple[float, float], Scalars] = {}
+        for key in set(now):
+            made[key] = Scalars(eta=key[0], mu=key[1], lambd=lambd, weight_decay=weight_decay)
+        return [made[key] for key in now]
+
+
+def _next_eta_mu(group, step: float, step_dtype: torch.dtype, tensor_math: bool) -> tuple[float, float]:
+    """eta and mu for the step after ``step``, rounded as torch.optim rounds them.
+
+    torch.optim computes them with tensor ops on the step counter (its dtype) on its foreach
+    path, and in Python floats on its for-loop path; the difference shows in float64 runs.
+    (A tensor lr makes eta a tensor expression on both, as in torch.optim.)
+    """
+    lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
+    if tensor_math:
+        step_t = torch.tensor(step, dtype=step_dtype)
+        eta = lr / ((1 + lambd * lr * step_t) ** alpha)
+        mu = 1 / torch.maximum(step_t - t0, torch.ones_like(step_t))
+    else:
+        # (as tensors of the default dtype, rounded before being stored in any state dtype)
+        eta = torch.as_tensor(lr / ((1 + lambd * lr * step) ** alpha))
+        mu = torch.as_tensor(1 / max(1, step - t0))
+    return eta.item(), mu.item()
