@@ -13,6 +13,7 @@ and its ``rule(ops, cfg, s, p, g, *state) -> (p, *state)``, written once, which 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,10 @@ from ._steps import increment as increment_steps
 from ._validation import check_fused_params
 
 Scalars = SimpleNamespace
+
+_grad = operator.attrgetter("grad")
+_dtype = operator.attrgetter("dtype")
+_is_sparse = operator.attrgetter("is_sparse")
 
 _CAPTURABLE_DEVICES = ("cuda", "xpu", "hpu", "privateuseone", "xla", "mtia")
 
@@ -122,16 +127,20 @@ class ElementwiseOptimizer(Optimizer):
     # ------------------------------------------------------------------ the step
 
     def _params_with_grad(self, group: dict[str, Any]) -> list[torch.Tensor]:
-        params = []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse and self.sparse_runner is None:
-                raise RuntimeError(self._sparse_error())
-            self._check_param_dtype(group, p)
-            params.append(p)
+        """The group's parameters that have a gradient, checked before any group is updated.
+
+        The checks look at each distinct dtype and layout once (a group holds thousands of
+        parameters, but few of those).
+        """
+        params = [p for p in group["params"] if p.grad is not None]
+        if self.sparse_runner is None and any(map(_is_sparse, map(_grad, params))):
+            raise RuntimeError(self._sparse_error())
+        dtypes = set(map(_dtype, params))
+        if not all(d.is_floating_point or d.is_complex for d in dtypes):
+            for p in params:
+                self._check_param_dtype(group, p)
         if group.get("fused"):  # torch's check for its fused kernels, for every fused group
-            check_fused_params(params)
+            check_fused_params(params, dtypes)
         return params
 
     def _check_capturable(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:

@@ -78,8 +78,13 @@ def add_fused_flag(defaults: dict, fused: Any, *, foreach: Any, differentiable: 
         defaults["fused"] = fused
 
 
-def check_fused_params(params: list[torch.Tensor]) -> None:
-    """The fused backends take real floating-point tensors on supported devices."""
+def check_fused_params(params: list[torch.Tensor], dtypes: set[torch.dtype] | None = None) -> None:
+    """The fused backends take real floating-point tensors on supported devices.
+
+    ``dtypes``, the params' dtypes if known, lets the common case skip the per-tensor loop."""
+    if dtypes is not None and all(d.is_floating_point for d in dtypes):
+        if all(p.is_cuda or p.is_cpu for p in params):
+            return
     for p in params:
         if not (p.device.type in _FUSED_DEVICES and torch.is_floating_point(p)):
             raise RuntimeError(
