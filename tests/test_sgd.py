@@ -188,3 +188,24 @@ def test_differentiable_wrt_tensor_lr_and_weight_decay(momentum):
 def test_traced_rule_matches():
     scalars = dict(lr=0.1, weight_decay=0.1, momentum=0.9, one_minus_dampening=0.7)
     assert_traced_rule_matches(sgd_rule, SGDConfig, lambda c: int(c.momentum), scalars)
+
+
+@pytest.mark.parametrize("nesterov, weight_decay, maximize", [(False, 0.0, False), (True, 0.1, False), (False, 0.1, True)])
+def test_differentiable_hypergradients_match_torch(nesterov, weight_decay, maximize):
+    """torch.optim starts the momentum buffer from a detached copy of the first gradient, so
+    gradients through two differentiable steps see only the second step's buffer."""
+
+    def hypergrads(module):
+        p0 = torch.tensor([1.0, 2.0, -0.5], requires_grad=True)
+        g0 = torch.tensor([0.5, -1.0, 0.25], requires_grad=True)
+        x = p0.clone()
+        opt = module.SGD([x], lr=0.1, momentum=0.9, dampening=0.0, nesterov=nesterov,
+                         weight_decay=weight_decay, maximize=maximize, differentiable=True)
+        for scale in (2.0, 3.0, -1.0):
+            x.grad = g0 * scale
+            opt.step()
+        (x * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+        return p0.grad, g0.grad
+
+    for got, want in zip(hypergrads(gradstep), hypergrads(torch.optim)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

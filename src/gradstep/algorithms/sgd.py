@@ -30,7 +30,9 @@ def sgd_rule(ops, cfg: SGDConfig, s: Scalars, p, g, buf=None):
     if cfg.weight_decay:
         g = ops.add(g, p, s.weight_decay)
     if cfg.momentum:
-        buf = g if cfg.first else ops.add(buf * s.momentum, g, s.one_minus_dampening)
+        # The buffer starts as a detached copy of the gradient, as in torch.optim: with
+        # differentiable=True, the first step is not differentiated through the buffer.
+        buf = ops.detach(g) if cfg.first else ops.add(buf * s.momentum, g, s.one_minus_dampening)
         g = ops.add(g, buf, s.momentum) if cfg.nesterov else buf
     p = ops.add(p, g, -s.lr)
     return (p, buf) if cfg.momentum else (p,)

@@ -102,6 +102,10 @@ class ForeachOps:
         return TensorList(torch._foreach_sqrt(x.ts))
 
     @staticmethod
+    def detach(x):  # no autograd on this backend
+        return x
+
+    @staticmethod
     def abs(x):
         return TensorList(torch._foreach_abs(x.ts))
 

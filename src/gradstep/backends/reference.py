@@ -24,6 +24,8 @@ class TorchOps:
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
     exp = staticmethod(torch.exp)
+    #: a value autograd does not differentiate through (only this backend runs under autograd)
+    detach = staticmethod(torch.Tensor.detach)
 
     @staticmethod
     def lerp(start, end, weight):
