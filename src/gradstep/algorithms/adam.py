@@ -21,6 +21,10 @@ class AdamConfig(NamedTuple):
     weight_decay: bool  # any weight decay at all
     decoupled: bool  # AdamW-style decay of the parameter instead of L2 on the gradient
     amsgrad: bool
+    # differentiable=True: torch.optim's autograd-friendly form of the update (its scalars are
+    # tensors computed from the step counter, the step size divides the denominator)
+    differentiable: bool = False
+    lerp_second: bool = False  # a beta2 that requires grad: the second moment as a lerp
 
 
 def adam_rule(ops, cfg: AdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
@@ -33,17 +37,29 @@ def adam_rule(ops, cfg: AdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq, max_e
         else:
             g = g + s.weight_decay * p
     exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
-    exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
+    if cfg.lerp_second:
+        exp_avg_sq = ops.lerp(exp_avg_sq, g * g, 1 - s.beta2)
+    else:
+        exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
     if cfg.amsgrad:
         max_exp_avg_sq = ops.maximum(max_exp_avg_sq, exp_avg_sq)
         second = max_exp_avg_sq
     else:
         second = exp_avg_sq
-    denom = ops.sqrt(second) / s.bias_correction2_sqrt + s.eps
-    p = ops.addcdiv(p, exp_avg, denom, -s.step_size)
+    if cfg.differentiable:
+        step_size_neg = -s.step_size
+        denom = ops.sqrt(second) / (s.bias_correction2_sqrt * step_size_neg) + s.eps / step_size_neg
+        p = ops.addcdiv(p, exp_avg, denom)
+    else:
+        denom = ops.sqrt(second) / s.bias_correction2_sqrt + s.eps
+        p = ops.addcdiv(p, exp_avg, denom, -s.step_size)
     if cfg.amsgrad:
         return p, exp_avg, exp_avg_sq, max_exp_avg_sq
     return p, exp_avg, exp_avg_sq
+
+
+def _requires_grad(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.requires_grad
 
 
 class Adam(ElementwiseOptimizer):
@@ -112,21 +128,31 @@ class Adam(ElementwiseOptimizer):
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _config(self, group):
+        differentiable = bool(group["differentiable"]) and not group["capturable"]
         return AdamConfig(
             maximize=group["maximize"],
             weight_decay=group["weight_decay"] != 0,
             decoupled=group["decoupled_weight_decay"],
             amsgrad=group["amsgrad"],
+            differentiable=differentiable,
+            lerp_second=differentiable and _requires_grad(group["betas"][1]),
         )
 
     def _scalars(self, group, step, state):
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        if not group["capturable"]:
+        if isinstance(lr, torch.Tensor) and lr.dim() != 0:
+            lr = lr.squeeze()
+        if group["differentiable"] and not group["capturable"]:
+            # as torch: from the counter's tensor (its dtype), a copy so autograd may keep it
+            step = state["step"].clone()
+        if not (group["capturable"] or group["differentiable"]):
             lr, beta1, beta2 = to_float(lr), to_float(beta1), to_float(beta2)
             bias_correction1 = 1 - beta1**step
             bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         else:
+            # Tensor lr/betas stay tensors: capture needs them, and with differentiable=True
+            # autograd reaches them through the step (as torch.optim's does).
             bias_correction1 = 1 - beta1**step
             bias_correction2_sqrt = (1 - beta2**step).sqrt()
         return Scalars(
