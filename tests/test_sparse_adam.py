@@ -168,3 +168,25 @@ def test_param_list_type_errors_come_first():
             cls(_sparse_param())
         with pytest.raises(ValueError, match="optimizer got an empty parameter list"):
             cls([])
+
+
+def test_no_warning_under_warnings_as_errors_like_torch():
+    """torch.optim's SparseAdam runs silently under ``-W error``; so must ours. (Fresh
+    processes: torch's sparse-invariant warning fires once per process.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, gradstep\n"
+        "cls = getattr(torch.optim if sys.argv[1] == 'torch' else gradstep, 'SparseAdam')\n"
+        "p = torch.nn.Parameter(torch.randn(4, 3))\n"
+        "opt = cls([p])\n"
+        "for _ in range(2):\n"
+        "    p.grad = torch.randn(4, 3).to_sparse()\n"
+        "    opt.step()\n"
+    )
+    for which in ("torch", "gradstep"):
+        run = subprocess.run(
+            [sys.executable, "-W", "error", "-c", code, which], capture_output=True, text=True
+        )
+        assert run.returncode == 0, (which, run.stderr[-500:])

@@ -121,7 +121,10 @@ def _sparse_adam_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group:
     beta1, beta2 = group["betas"]
 
     def scatter(v: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_coo_tensor(indices, v, grad.size())
+        # The invariant-check choice made explicit (the user's global one): left implicit, torch
+        # warns once per process, which torch.optim's SparseAdam never does (-W error breaks).
+        checks = torch.sparse.check_sparse_tensor_invariants.is_enabled()
+        return torch.sparse_coo_tensor(indices, v, grad.size(), check_invariants=checks)
 
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     old_avg = exp_avg.sparse_mask(grad)._values()
