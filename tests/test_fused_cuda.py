@@ -272,6 +272,45 @@ def test_tables_are_cached_per_layout(interpret):
     assert _launches(lists, [0, 1, 2], 16) is not first
 
 
+@pytest.mark.parametrize("cls, kwargs", [
+    (gradstep.Adam, dict(lr=0.05, weight_decay=0.1)),
+    (gradstep.SGD, dict(lr=0.1, momentum=0.9)),
+    (gradstep.ASGD, dict(lr=0.05, t0=3)),
+], ids=lambda x: getattr(x, "__name__", ""))
+def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeypatch, cls, kwargs):
+    """Groups of CUDA tensors take the steady path (_steady.py) to the Triton runner, exercised
+    here on CPU tensors: same numbers as torch through an lr change, a replaced state tensor and
+    a parameter whose storage moved."""
+    from gradstep.algorithms import _steady
+
+    monkeypatch.setattr(_steady, "_runs_triton", lambda params: True)
+    monkeypatch.setattr(cuda_backend, "_runner", runner.run_triton)
+    steady = []
+    real = _steady._execute_triton
+    monkeypatch.setattr(_steady, "_execute_triton", lambda *a: steady.append(1) or real(*a))
+    base = make_params()
+    pa, pb = clone_params(base), clone_params(base)
+    oa, ob = cls(pa, **kwargs), _torch_twin(cls)(pb, **kwargs)
+    state_key = {"Adam": "exp_avg", "SGD": "momentum_buffer", "ASGD": "ax"}[cls.__name__]
+    for step in range(9):
+        for x, y, g in zip(pa, pb, grads_for(base, step)):
+            x.grad, y.grad = g.clone(), g.clone()
+        if step == 4:
+            for o in (oa, ob):
+                o.param_groups[0]["lr"] *= 0.5
+        if step == 5:
+            for o, p in ((oa, pa[0]), (ob, pb[0])):
+                o.state[p][state_key] = o.state[p][state_key].clone()
+        if step == 6:
+            for p in (pa[1], pb[1]):
+                p.data = p.data.clone()
+        with backend(_triton):
+            oa.step()
+        ob.step()
+        _compare(oa, ob, pa, pb, torch.float32, f"step {step}")
+    assert len(steady) >= 5
+
+
 def test_scalar_changes_do_not_regenerate(interpret):
     """A new lr or step count is a kernel argument: the same kernel object runs."""
     opt = gradstep.Adam(clone_params(make_params()), lr=0.1)

@@ -15,6 +15,7 @@ lists used most recently.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import OrderedDict
 
@@ -73,7 +74,11 @@ def store(tensors: list[torch.Tensor], new_values: list[float]) -> list[float]:
         return stored
     host = torch.tensor(new_values, dtype=torch.float64).to(dtype)
     stored = host.tolist()
-    src = host.to(tensors[0].device, non_blocking=True) if not tensors[0].is_cpu else host
-    torch._foreach_copy_(tensors, list(src.unbind()))
+    if min(stored) == max(stored) and math.isfinite(stored[0]):  # one value: no copy needed
+        torch._foreach_zero_(tensors)
+        torch._foreach_add_(tensors, stored[0])  # 0 + v is v, exactly
+    else:
+        src = host.to(tensors[0].device, non_blocking=True) if not tensors[0].is_cpu else host
+        torch._foreach_copy_(tensors, list(src.unbind()))
     record(tensors, stored)
     return stored

@@ -1,9 +1,10 @@
-"""Steady-state steps on the fused CPU backend: a few C-level calls of Python work per tensor.
+"""Steady-state steps on the fused backends: a few C-level calls of Python work per tensor.
 
 A generic step of an elementwise group (``ElementwiseOptimizer._update_group``) looks up each
 parameter's state several times, advances step counters with torch ops, picks a backend and
-splits the group by device and dtype. On the CPU, where the update itself is one native call,
-that Python work dominates a step over many small tensors. After a generic step, this module
+splits the group by device and dtype. Where the update itself is one native call (the fused CPU
+kernel) or one launch (the Triton kernel on CUDA), that Python work dominates a step over many
+small tensors. After a generic step, this module
 keeps a *plan* of what stays the same between steps (the parameters, options, state keys,
 kernel, tensor layouts and element offsets). The next step only
 
@@ -11,9 +12,10 @@ kernel, tensor layouts and element offsets). The next step only
   every parameter has a dense, contiguous gradient; the parameters' and states' data pointers,
   the parameters' element counts and the state tensors' identities are those the plan was
   built for (so a replaced state, a ``p.data`` swap or a resized tensor is noticed);
-- then advances the step counters in one native call, computes the per-step scalars as the
-  generic path does (once per distinct step value, or per tensor where the algorithm's scalars
-  read its state), and makes the kernel call.
+- then advances the step counters (one native call on the CPU; on CUDA one foreach op, with
+  their values known on the host, see ``_steps``), computes the per-step scalars as the generic
+  path does (once per distinct step value, or through the algorithm's ``_stateful_scalars``),
+  and makes the kernel call (on CUDA: the Triton runner, which caches its work lists).
 
 Any check that fails sends the group down the generic path, which rebuilds the plan. All checks
 run before anything is changed, so an error still leaves every group untouched.
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 
 from ..backends.cpu import runner, steps
+from ._steps import increment as increment_steps
 
 _data_ptr = torch.Tensor.data_ptr
 _numel = torch.Tensor.numel
@@ -41,13 +44,19 @@ _MAX_BACKOFF = 1024
 
 class _Plan:
     __slots__ = ("group", "params", "flags", "cfg", "keys", "dtypes", "key", "ptrs", "offsets",
-                 "step_ptrs", "step_fn", "failures", "skip")
+                 "step_ptrs", "step_fn", "launch", "failures", "skip")
 
     def __init__(self, group):
         self.group = group
         self.failures = 0
         self.skip = 0
         self.params = None  # None: no usable plan (see ``remember``)
+        self.launch = None  # the CUDA runner, for a group of CUDA tensors
+
+
+def _runs_triton(params: list) -> bool:
+    """Whether a group's plan launches the Triton runner (tests point this at CPU tensors)."""
+    return params[0].is_cuda
 
 
 def _flags(group: dict) -> tuple:
@@ -65,8 +74,14 @@ def _eligible_class(opt) -> bool:
     return False
 
 
-def _gather(opt, group, plan_keys):
-    """Per-step inputs of a group, or None when the steady state does not hold."""
+def _gather(opt, group, plan_keys, triton: bool = False):
+    """Per-step inputs of a group, or None when the steady state does not hold.
+
+    The last item is what a plan must find unchanged. A CPU plan caches data pointers and
+    offsets, so it checks all of them; the Triton runner reads every tensor afresh each step
+    (and caches its own work lists under their addresses), so a Triton plan checks only that
+    no parameter's storage moved (``p.data = ...``, possibly to another device).
+    """
     params = group["params"]
     grads = [p.grad for p in params]
     if any(map(is_, grads, repeat(None))) or not all(map(_is_contiguous, grads)):
@@ -82,6 +97,8 @@ def _gather(opt, group, plan_keys):
         counters = list(map(itemgetter("step"), sts)) if opt.counts_steps else []
     except KeyError:
         return None
+    if triton:
+        return params, grads, sts, cols, counters, list(map(_data_ptr, params))
     flat = list(chain(*cols))
     key = (
         list(map(_data_ptr, params)),
@@ -110,10 +127,12 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
         return None
     if group.get("fused") and (getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None):
         return None
-    gathered = _gather(opt, group, plan.keys)
+    gathered = _gather(opt, group, plan.keys, plan.launch is not None)
     if gathered is None or gathered[5] != plan.key:
         return None
-    _, grads, sts, cols, _, _ = gathered
+    _, grads, sts, cols, counters, _ = gathered
+    if plan.launch is not None:
+        return lambda: _execute_triton(opt, group, plan, grads, sts, cols, counters)
     try:
         gptrs = array("Q", map(_data_ptr, grads))
     except RuntimeError:  # no storage
@@ -121,23 +140,16 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
     return lambda: _execute(opt, group, plan, grads, gptrs, sts, cols)
 
 
+def _execute_triton(opt, group, plan: _Plan, grads, sts, cols, counters) -> None:
+    values = increment_steps(counters) if opt.counts_steps else None
+    scalars = _scalars(opt, group, values, sts, len(plan.params))
+    plan.launch(type(opt).rule, plan.cfg, scalars, [plan.params, grads, *cols])
+
+
 def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
     n = len(plan.params)
-    if opt.counts_steps:
-        values = steps.increment_ptrs(plan.step_fn, plan.step_ptrs)
-        if opt.scalars_use_state:
-            scalars = opt._stateful_scalars(group, values, sts)
-        elif min(values) == max(values):
-            scalars = [opt._scalars(group, values[0], sts[0])] * n
-        else:
-            cache: dict[float, Any] = {}
-            scalars = []
-            for v, st in zip(values, sts):
-                if v not in cache:
-                    cache[v] = opt._scalars(group, v, st)
-                scalars.append(cache[v])
-    else:
-        scalars = [opt._scalars(group, None, sts[0])] * n
+    values = steps.increment_ptrs(plan.step_fn, plan.step_ptrs) if opt.counts_steps else None
+    scalars = _scalars(opt, group, values, sts, n)
     names = tuple(vars(scalars[0]))
     rule = type(opt).rule
     try:
@@ -148,6 +160,23 @@ def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
     ptrs = plan.ptrs
     ptrs[n:2 * n] = gptrs
     runner._call(fn, ptrs, plan.offsets, n, *runner._pack_scalars(scalars, names))
+
+
+def _scalars(opt, group, values, sts, n: int) -> list:
+    """The per-step scalars of ``n`` parameters, as ``ElementwiseOptimizer._advance`` makes them."""
+    if values is not None:
+        if opt.scalars_use_state:
+            return opt._stateful_scalars(group, values, sts)
+        if min(values) == max(values):
+            return [opt._scalars(group, values[0], sts[0])] * n
+        cache: dict[float, Any] = {}
+        scalars = []
+        for v, st in zip(values, sts):
+            if v not in cache:
+                cache[v] = opt._scalars(group, v, st)
+            scalars.append(cache[v])
+        return scalars
+    return [opt._scalars(group, None, sts[0])] * n
 
 
 def remember(opt, group: dict, params: list) -> None:
@@ -178,13 +207,19 @@ def _build(opt, group, params, plan: _Plan) -> bool:
     ):
         return False
     dtype = params[0].dtype
-    if dtype not in runner.DTYPES or not all(type(p) in _PLAIN and p.is_cpu and p.dtype is dtype for p in params):
+    if not all(type(p) in _PLAIN and p.dtype is dtype for p in params):
         return False
     keys = tuple(opt._state_keys(group))
-    gathered = _gather(opt, group, keys)
+    plan.launch = None
+    triton = _runs_triton(params)
+    gathered = _gather(opt, group, keys, triton)
     if gathered is None:
         return False
+    if triton:
+        return _build_triton(opt, group, params, plan, keys, gathered)
     _, grads, sts, cols, counters, key = gathered
+    if dtype not in runner.DTYPES or not all(p.is_cpu for p in params):
+        return False
     for lst in cols:
         d = lst[0].dtype
         if d not in runner.DTYPES or not all(t.dtype is d and t.is_cpu for t in lst):
@@ -202,12 +237,33 @@ def _build(opt, group, params, plan: _Plan) -> bool:
     offsets = array("q", [0])
     for n in key[1]:
         offsets.append(offsets[-1] + n)
+    _settle(opt, group, plan, keys, key)
+    plan.dtypes = tuple(runner.DTYPES[lst[0].dtype] for lst in [params, grads, *cols])
+    plan.ptrs = array("Q", chain(key[0], [0] * len(params), key[2]))
+    plan.offsets = offsets
+    return True
+
+
+def _build_triton(opt, group, params, plan: _Plan, keys, gathered) -> bool:
+    """A plan for a group of CUDA tensors on one device: the Triton runner checks layouts and
+    caches its work lists itself, so the plan only remembers what ``prepare`` checks."""
+    from ..backends.cuda import cuda_runner
+
+    device = params[0].device
+    if not all(p.device == device for p in params):
+        return False
+    launch = cuda_runner()
+    if launch is None:
+        return False
+    _settle(opt, group, plan, keys, gathered[5])
+    plan.launch = launch
+    return True
+
+
+def _settle(opt, group, plan: _Plan, keys, key) -> None:
+    """Record what every plan holds; from here ``prepare`` can take the group's next step."""
     plan.params = list(group["params"])
     plan.flags = _flags(group)
     plan.cfg = opt._config(group)
     plan.keys = keys
-    plan.dtypes = tuple(runner.DTYPES[lst[0].dtype] for lst in [params, grads, *cols])
     plan.key = key
-    plan.ptrs = array("Q", chain(key[0], [0] * len(params), key[2]))
-    plan.offsets = offsets
-    return True

@@ -76,7 +76,7 @@ class _Layout:
     numels: list[int]  # per row
 
 
-_LAYOUTS: OrderedDict[tuple, _Layout] = OrderedDict()
+_LAYOUTS: OrderedDict[tables.HashedKey, _Layout] = OrderedDict()
 
 
 def _check(lists: list[list[torch.Tensor]]) -> _Layout:
@@ -102,12 +102,16 @@ def _check(lists: list[list[torch.Tensor]]) -> _Layout:
     return _Layout(ok, bad, numels)
 
 
-def _layout(tensors, lists, ptrs) -> _Layout:
+def _placement(tensors, ptrs) -> tables.HashedKey:
+    """The identities and addresses of the params and states (not the gradients)."""
+    return tables.HashedKey(tuple(chain(*(map(id, lst) for i, lst in enumerate(tensors) if i != 1),
+                                        *(p for i, p in enumerate(ptrs) if i != 1))))
+
+
+def _layout(key: tables.HashedKey, lists) -> _Layout:
     """``_check`` of the params and states, cached under their identities and addresses (a
     steady loop checks them once); gradients, new objects every step, are checked each time
     for contiguity (autograd already guarantees their dtype and shape)."""
-    key = tuple(chain(*(map(id, lst) for i, lst in enumerate(tensors) if i != 1),
-                      *(p for i, p in enumerate(ptrs) if i != 1)))
     layout = _LAYOUTS.get(key)
     if layout is None:
         layout = _LAYOUTS[key] = _check(lists)
@@ -164,7 +168,8 @@ def run_triton(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.Tens
     if lists[0][0].is_complex():
         lists = [[as_real(t) for t in lst] for lst in lists]
     ptrs = [list(map(_data_ptr, lst)) for lst in lists]
-    layout = _layout(tensors, lists, ptrs)
+    placement = _placement(tensors, ptrs)
+    layout = _layout(placement, lists)
     rows, fallback = layout.ok, layout.bad
     if fallback:
         run_foreach(rule, cfg, [scalars[i] for i in fallback],
@@ -184,7 +189,8 @@ def run_triton(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.Tens
     f_names = [name for name, mode, _ in modes if mode == "f"]
     for part_rows, f_values in _partitions(scalars, rows, f_names):
         f_args = dict(zip(f_names, f_values))
-        for launch in tables.launches(lists, part_rows, BLOCK * PER_PROGRAM, ptrs, layout.numels):
+        for launch in tables.launches(lists, part_rows, BLOCK * PER_PROGRAM, ptrs, layout.numels,
+                                      placement):
             args = []
             for name, mode, _ in modes:
                 if mode == "f":

@@ -68,21 +68,45 @@ def _hosts(lists, rows, ptrs, numels, chunk) -> list[tuple[torch.Tensor, int, bo
     return out
 
 
+class HashedKey:
+    """A tuple used as a dict key, hashed once: a step's keys hold thousands of addresses, and
+    Python re-hashes a plain tuple at every lookup."""
+
+    __slots__ = ("items", "hash")
+
+    def __init__(self, items: tuple):
+        self.items = items
+        self.hash = hash(items)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HashedKey) and self.hash == other.hash and self.items == other.items
+
+
 def launches(lists: list[list[torch.Tensor]], rows: list[int], chunk: int,
-             all_ptrs: list[list[int]], all_numels: list[int]) -> list[Launch]:
+             all_ptrs: list[list[int]], all_numels: list[int],
+             placement: HashedKey | None = None) -> list[Launch]:
     """The launches covering ``rows`` of ``lists`` (``[p, g, *states]``, validated by the
     caller: contiguous, one dtype per role, equal numels within a row), given every row's data
-    pointers per role and numels; ``chunk`` elements per work item."""
+    pointers per role and numels; ``chunk`` elements per work item.
+
+    ``placement``, if given, identifies the rows' parameters and states and their addresses
+    (everything but the gradients); else it is made from the pointers and numels."""
     device = lists[0][rows[0]].device
-    if len(rows) == len(all_numels):
+    every_row = len(rows) == len(all_numels)
+    if every_row:
         ptrs, numels = all_ptrs, all_numels
     else:
         ptrs = [[role[r] for r in rows] for role in all_ptrs]
         numels = [all_numels[r] for r in rows]
-    layout = (device, chunk, tuple(rows), *map(tuple, ptrs[:1] + ptrs[2:]), tuple(numels))
+    if placement is None:
+        placement = HashedKey((*map(tuple, all_ptrs[:1] + all_ptrs[2:]), tuple(all_numels)))
+    layout = (device, chunk, placement, None if every_row else tuple(rows))
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return _captured(lists, rows, ptrs, numels, chunk, layout, device)
-    key = (_stream_id(device), tuple(ptrs[1]), layout)
+    key = (_stream_id(device), HashedKey(tuple(ptrs[1])), layout)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)

@@ -1,0 +1,81 @@
+"""Host time of a fused CUDA step, measured without a GPU.
+
+On many small tensors a fused GPU step is bound by the Python work on the host, not by the
+kernel. This script measures that host work on the CPU: CPU tensors are sent down the CUDA
+path (the steady plan and the Triton runner, with its work-list caches), and the kernel launch
+is replaced by a no-op. It prints the median time per step and per tensor, for the steady path
+(the default) and, with ``--generic``, for the generic path every step takes before a plan exists.
+
+    python benchmarks/host_overhead.py                 # Adam SGD ASGD NAdam, 5000 tensors
+    python benchmarks/host_overhead.py AdamW -n 2000 --generic
+
+The numbers are for this machine's CPU: compare them with each other (before/after a change),
+not with GPU timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import gradstep
+import gradstep.backends as backends
+from gradstep.algorithms import _steady
+from gradstep.backends import cuda as cuda_backend
+from gradstep.backends.cuda import runner
+
+SHAPES = [(64,), (64, 64), (256,), (128, 32)]
+FUSED_FLAG = {"Adam", "AdamW", "SGD", "Adagrad"}
+
+
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def route_cpu_tensors_to_the_cuda_path(generic: bool) -> None:
+    runner._kernel = lambda *args, **kwargs: _NoLaunch()
+    cuda_backend._runner = runner.run_triton
+    backends._fused = backends._by_device_and_dtype(runner.run_triton)
+    _steady._runs_triton = lambda params: True
+    if generic:
+        _steady.prepare = lambda opt, group: None
+        _steady.remember = lambda *args: None
+
+
+def measure(name: str, n: int, repeats: int = 15) -> float:
+    """Median seconds per step of ``name`` over ``n`` small tensors."""
+    params = [torch.zeros(SHAPES[i % len(SHAPES)], requires_grad=True) for i in range(n)]
+    kwargs = dict(fused=True) if name in FUSED_FLAG else {}
+    if name == "SGD":
+        kwargs["momentum"] = 0.9
+    opt = getattr(gradstep, name)(params, lr=1e-3, **kwargs)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", default=["Adam", "SGD", "ASGD", "NAdam"])
+    parser.add_argument("-n", type=int, default=5000, help="tensors per group")
+    parser.add_argument("--generic", action="store_true", help="disable the steady path")
+    args = parser.parse_args()
+    route_cpu_tensors_to_the_cuda_path(args.generic)
+    for name in args.names:
+        t = measure(name, args.n)
+        print(f"{name:8s} n={args.n}: {t * 1e3:7.2f} ms/step  {t / args.n * 1e6:5.2f} us/tensor")
+
+
+if __name__ == "__main__":
+    main()
