@@ -178,6 +178,7 @@ def test_eta_and_mu_come_from_the_host_mirror(backend, monkeypatch):
     GPU); a checkpoint load or an outside write is noticed, and the numbers stay torch's."""
     from gradstep.algorithms import _host_mirror
 
+    monkeypatch.setattr(_host_mirror, "NATIVE_CPU", False)  # CPU tensors stand in for GPU ones
     reads = []
     real_read = _host_mirror.read_device
     monkeypatch.setattr(_host_mirror, "read_device", lambda ts: reads.append(len(ts)) or real_read(ts))

@@ -490,3 +490,19 @@ def test_fused_rejects_complex_params_like_torch(name):
     p.grad = torch.randn_like(p)
     with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point"):
         getattr(gradstep, name)([p], fused=True).step()
+
+
+def test_native_scalar_load_and_store():
+    """0-d CPU state (ASGD's eta/mu) is read and written in one native call, with float32
+    rounding as a copy_ into the tensor would do; other tensors are left to torch ops."""
+    from gradstep.backends.cpu.steps import load_cpu, store_cpu
+
+    ts = [torch.zeros(()) for _ in range(3)]
+    assert store_cpu(ts, [0.1, 2.5, -3.0])
+    assert [t.item() for t in ts] == [torch.tensor(0.1).item(), 2.5, -3.0]
+    assert load_cpu(ts) == [t.item() for t in ts]
+    doubles = [torch.zeros((), dtype=torch.float64)]
+    assert store_cpu(doubles, [0.1]) and doubles[0].item() == 0.1
+    mixed = [torch.zeros(()), torch.zeros((), dtype=torch.float64)]
+    assert not store_cpu(mixed, [1.0, 1.0]) and load_cpu(mixed) is None
+    assert not store_cpu([torch.zeros(2)], [1.0]) and load_cpu([torch.zeros(2)]) is None

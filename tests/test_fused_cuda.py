@@ -388,6 +388,7 @@ def test_missing_triton_warns_once_and_uses_foreach(monkeypatch):
 def test_step_mirror_reads_device_only_when_needed(monkeypatch):
     """The host mirror of device step counters (exercised here on CPU counters)."""
     monkeypatch.setattr(_steps, "_reads_are_cheap", lambda steps: False)
+    monkeypatch.setattr(_host_mirror, "NATIVE_CPU", False)
     reads = []
     real_read = _host_mirror.read_device
     monkeypatch.setattr(_host_mirror, "read_device", lambda ts: reads.append(len(ts)) or real_read(ts))

@@ -1,4 +1,4 @@
-"""Increment CPU step counters in one native call.
+"""Increment CPU step counters (and write other 0-d CPU state) in one native call.
 
 Per-parameter ``step`` counters are 0-d tensors. Incrementing them with a foreach op and reading
 them back with ``.item()`` costs several microseconds per parameter on the CPU (each is a full
@@ -24,22 +24,70 @@ void gs_steps_f32(float *const *p, const int64_t n, double *out) {
 void gs_steps_f64(double *const *p, const int64_t n, double *out) {
     for (int64_t i = 0; i < n; ++i) { double v = *p[i] + 1.0; *p[i] = v; out[i] = v; }
 }
+void gs_load_f32(float *const *p, const int64_t n, double *out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = *p[i];
+}
+void gs_load_f64(double *const *p, const int64_t n, double *out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = *p[i];
+}
+void gs_store_f32(float *const *p, const int64_t n, const double *v) {
+    for (int64_t i = 0; i < n; ++i) *p[i] = (float)v[i];
+}
+void gs_store_f64(double *const *p, const int64_t n, const double *v) {
+    for (int64_t i = 0; i < n; ++i) *p[i] = v[i];
+}
 """
 _ARGTYPES = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 _NAMES = {torch.float32: "gs_steps_f32", torch.float64: "gs_steps_f64"}
-_fns: dict[torch.dtype, object] = {}
+_STORE_NAMES = {torch.float32: "gs_store_f32", torch.float64: "gs_store_f64"}
+_LOAD_NAMES = {torch.float32: "gs_load_f32", torch.float64: "gs_load_f64"}
+_fns: dict[str, object] = {}
 _failed = False
 
 
-def _fn(dtype: torch.dtype):
+def _fn(dtype: torch.dtype, names: dict = _NAMES):
     global _failed
-    fn = _fns.get(dtype)
+    name = names[dtype]
+    fn = _fns.get(name)
     if fn is None and not _failed:
         try:
-            fn = _fns[dtype] = load(_SOURCE, _NAMES[dtype], _ARGTYPES)
+            fn = _fns[name] = load(_SOURCE, name, _ARGTYPES)
         except Exception:  # no compiler: the caller uses torch ops
             _failed = True
     return fn
+
+
+def _scalar_fn(tensors: list[torch.Tensor], names: dict):
+    """The native function of ``names`` for 0-d CPU tensors of one float dtype, or None."""
+    dtype = tensors[0].dtype
+    if dtype not in names or _failed:
+        return None
+    if not all(t.is_cpu and t.dtype is dtype and t.numel() == 1 for t in tensors):
+        return None
+    return _fn(dtype, names)
+
+
+def load_cpu(tensors: list[torch.Tensor]) -> list[float] | None:
+    """The values of 0-d CPU tensors of one float dtype, read in one call (or None)."""
+    fn = _scalar_fn(tensors, _LOAD_NAMES)
+    if fn is None:
+        return None
+    ptrs = array("Q", map(torch.Tensor.data_ptr, tensors))
+    out = array("d", bytes(8 * len(tensors)))
+    fn(ptrs.buffer_info()[0], len(tensors), out.buffer_info()[0])
+    return out.tolist()
+
+
+def store_cpu(tensors: list[torch.Tensor], values: list[float]) -> bool:
+    """Write ``values`` (already representable in the tensors' dtype) into 0-d CPU tensors of
+    one float dtype, in one call; False (nothing written) if they are not such tensors."""
+    fn = _scalar_fn(tensors, _STORE_NAMES)
+    if fn is None:
+        return False
+    ptrs = array("Q", map(torch.Tensor.data_ptr, tensors))
+    vals = array("d", values)
+    fn(ptrs.buffer_info()[0], len(tensors), vals.buffer_info()[0])
+    return True
 
 
 def increment_cpu(steps: list[torch.Tensor]) -> list[float] | None:
