@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from . import _host_mirror
 from ._elementwise import ElementwiseOptimizer, Scalars, new_step, scalar_dtype, to_float
 from ._torch_paths import torch_takes_foreach
 from ._validation import add_fused_flag, check_betas, check_lr, check_nonnegative
@@ -108,8 +109,45 @@ class NAdam(ElementwiseOptimizer):
             decoupled=group["decoupled_weight_decay"],
         )
 
+    def _stateful_scalars(self, group, steps, states):
+        """Without capturable or differentiable, the whole group at once: the ``mu_product``
+        values are read in one go (from the host mirror on a device), multiplied on the host
+        with the same rounding as ``mu_product.mul_(mu)``, and written back in one go."""
+        mps = [st["mu_product"] for st in states]
+        dtype = mps[0].dtype
+        if group["capturable"] or group["differentiable"] or any(t.dtype != dtype for t in mps):
+            return super()._stateful_scalars(group, steps, states)
+        beta1, decay = to_float(group["betas"][0]), group["momentum_decay"]
+        mus = {v: beta1 * (1.0 - 0.5 * 0.96 ** (v * decay)) for v in set(steps)}
+        olds = torch.tensor(_host_mirror.values(mps), dtype=dtype)
+        factors = torch.tensor([mus[v] for v in steps], dtype=torch.float64).to(dtype)
+        news = _host_mirror.store(mps, (olds * factors).tolist())
+        tensor_lr = isinstance(group["lr"], torch.Tensor)  # then the device matters too
+        made: dict[tuple, Scalars] = {}
+        out = []
+        for v, st, mp in zip(steps, states, news):
+            key = (v, mp, st["exp_avg"].device.type if tensor_lr else None)
+            s = made.get(key)
+            if s is None:
+                s = made[key] = self._step_scalars(group, v, mp, st)
+            out.append(s)
+        return out
+
     def _scalars(self, group, step, state):
         """Advance ``mu_product`` and derive the two step sizes of this step."""
+        beta1 = group["betas"][0]
+        decay = group["momentum_decay"]
+        if not group["capturable"]:
+            beta1 = to_float(beta1)
+        mu_product = state["mu_product"]
+        mu_product.mul_(beta1 * (1.0 - 0.5 * 0.96 ** (step * decay)))
+        if not (group["capturable"] or group["differentiable"]):
+            mu_product = mu_product.item()
+        return self._step_scalars(group, step, mu_product, state)
+
+    def _step_scalars(self, group, step, mu_product, state):
+        """This step's scalars, given the advanced ``mu_product`` (a number, or a tensor when
+        capturable or differentiable)."""
         beta1, beta2 = group["betas"]
         lr, decay, weight_decay = group["lr"], group["momentum_decay"], group["weight_decay"]
         # Tensors stay tensors when capturable, and with differentiable=True (the step is
@@ -122,10 +160,6 @@ class NAdam(ElementwiseOptimizer):
             lr = to_float(lr)  # torch's for-loop path keeps a tensor lr in the step sizes
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * decay))
-        mu_product = state["mu_product"]
-        mu_product.mul_(mu)
-        if not as_tensors:
-            mu_product = mu_product.item()
         s = Scalars(
             beta1=beta1,
             beta2=beta2,
