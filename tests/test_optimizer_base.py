@@ -435,3 +435,42 @@ def test_fused_amp_protocol_skips_on_inf_and_unscales(scaled):
         results.append((ps[0].detach().clone(), ps[0].grad.clone()))
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
+
+
+_SUBCLASS_HOOKS = """
+import sys, torch, gradstep
+import torch.optim.optimizer as torch_optimizer
+mod = torch.optim if sys.argv[1] == "torch" else gradstep
+register = (torch_optimizer if mod is torch.optim else gradstep).register_optimizer_step_post_hook
+
+class MyAdam(mod.Adam):
+    def step(self, closure=None):
+        return super().step(closure)
+
+calls = []
+p = torch.nn.Parameter(torch.randn(3))
+opt = MyAdam([p])
+opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+opt.register_step_post_hook(lambda *a: calls.append("post"))
+register(lambda *a: calls.append("global_post"))
+p.grad = torch.ones(3)
+opt.step()
+print(calls)
+"""
+
+
+def test_subclass_step_calling_super_runs_hooks_once_like_torch():
+    """A user subclass whose step calls super().step(): torch wraps only the instantiated
+    class's step, so each hook runs once per step (fresh processes: torch's wrapping of a base
+    class depends on whether that class was instantiated before)."""
+    import subprocess
+    import sys
+
+    out = {}
+    for which in ("torch", "gradstep"):
+        run = subprocess.run(
+            [sys.executable, "-c", _SUBCLASS_HOOKS, which], capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-800:]
+        out[which] = run.stdout.strip().splitlines()[-1]
+    assert out["gradstep"] == out["torch"] == "['pre', 'post', 'global_post']"

@@ -76,35 +76,51 @@ def _run_step_with_hooks(step: Callable) -> Callable:
 
     @functools.wraps(step)
     def hooked_step(self, *args, **kwargs):
-        for hook in chain(
-            _torch_global_hooks("pre"),
-            _global_step_pre_hooks.values(),
-            self._optimizer_step_pre_hooks.values(),
-        ):
-            result = hook(self, args, kwargs)
-            if result is not None:
-                if isinstance(result, tuple) and len(result) == 2:
-                    args, kwargs = result
-                else:
-                    raise RuntimeError(
-                        f"{hook} must return None or a tuple of (new_args, new_kwargs), "
-                        f"but got {result}."
-                    )
-        with torch.autograd.profiler.record_function(self._step_profile_name):
-            out = step(self, *args, **kwargs)
-            self._optimizer_step_code()
-        for hook in chain(
-            self._optimizer_step_post_hooks.values(),
-            _global_step_post_hooks.values(),
-            _torch_global_hooks("post"),
-        ):
-            hook(self, args, kwargs)
-        return out
+        if id(self) in _stepping:
+            # A subclass's step calling super().step(): hooks and profiler range run once, around
+            # the outermost call (as torch.optim, which wraps only the instantiated class's step).
+            return step(self, *args, **kwargs)
+        _stepping.add(id(self))
+        try:
+            return _step_with_hooks(step, self, args, kwargs)
+        finally:
+            _stepping.discard(id(self))
 
     hooked_step.hooked = True  # type: ignore[attr-defined]
     # torch.compile: the step runs eagerly behind a graph break. Its per-step Python scalars
     # (step counts, bias corrections) would otherwise recompile the graph at every step.
     return torch._disable_dynamo(hooked_step)
+
+
+#: ids of the optimizers whose hooked step is running (see _run_step_with_hooks)
+_stepping: set[int] = set()
+
+
+def _step_with_hooks(step: Callable, self: Any, args: tuple, kwargs: dict) -> Any:
+    for hook in chain(
+        _torch_global_hooks("pre"),
+        _global_step_pre_hooks.values(),
+        self._optimizer_step_pre_hooks.values(),
+    ):
+        result = hook(self, args, kwargs)
+        if result is not None:
+            if isinstance(result, tuple) and len(result) == 2:
+                args, kwargs = result
+            else:
+                raise RuntimeError(
+                    f"{hook} must return None or a tuple of (new_args, new_kwargs), "
+                    f"but got {result}."
+                )
+    with torch.autograd.profiler.record_function(self._step_profile_name):
+        out = step(self, *args, **kwargs)
+        self._optimizer_step_code()
+    for hook in chain(
+        self._optimizer_step_post_hooks.values(),
+        _global_step_post_hooks.values(),
+        _torch_global_hooks("post"),
+    ):
+        hook(self, args, kwargs)
+    return out
 
 
 def _register_hook(registry: OrderedDict, hook: Callable, prepend: bool = False) -> RemovableHandle:
