@@ -363,3 +363,56 @@ def test_every_transformers_scheduler_is_covered():
     names = {s.value for s in transformers.SchedulerType} - {"greedy"}  # greedy: a Trainer mode
     assert names <= set(HF_SCHEDULERS), names - set(HF_SCHEDULERS)
 
+
+
+class _TokenDataset(torch.utils.data.Dataset):
+    """64 random token sequences with binary labels (no download)."""
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, 100, (64, 12), generator=gen)
+        self.y = torch.randint(0, 2, (64,), generator=gen)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def _hf_train(lib, outdir, resume_from=None):
+    """A tiny BERT trained 8 steps by transformers' Trainer with ``lib``'s AdamW and LambdaLR,
+    gradient clipping on, a checkpoint every 4 steps; returns the final parameters."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    opt = lib.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    sched = lib.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    args = transformers.TrainingArguments(
+        output_dir=str(outdir), max_steps=8, per_device_train_batch_size=8, save_steps=4,
+        logging_steps=100, report_to=[], use_cpu=True, seed=0, data_seed=0, max_grad_norm=1.0,
+        disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_TokenDataset(),
+                                   optimizers=(opt, sched))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_transformers_trainer_trains_checkpoints_and_resumes(tmp_path):
+    """Trainer with gradstep's AdamW matches torch.optim's, and resumes from its own and from
+    torch.optim's checkpoint (optimizer.pt and scheduler.pt) to the same parameters."""
+    pytest.importorskip("accelerate")  # Trainer needs it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = _hf_train(torch.optim, tmp_path / "torch")
+        got = _hf_train(gradstep, tmp_path / "gradstep")
+        resumed = _hf_train(gradstep, tmp_path / "gradstep", tmp_path / "gradstep" / "checkpoint-4")
+        crossed = _hf_train(gradstep, tmp_path / "torch", tmp_path / "torch" / "checkpoint-4")
+    for params in (got, resumed, crossed):
+        for a, b in zip(params, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
