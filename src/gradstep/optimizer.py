@@ -148,6 +148,12 @@ class Optimizer(_torch_optim.Optimizer):
         step = cls.__dict__.get("step")
         if step is not None and not getattr(step, "hooked", False):
             cls.step = _run_step_with_hooks(step)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_gradstep_eager", False):
+            # torch.compile: construction runs eagerly behind a graph break. Traced, a graph
+            # break inside it (a check on a tensor lr) can leave the object half-built.
+            cls.__init__ = torch._disable_dynamo(init)
+            cls.__init__._gradstep_eager = True  # type: ignore[attr-defined]
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         torch._C._log_api_usage_once("gradstep.optimizer")
