@@ -122,3 +122,20 @@ def test_differentiable_matches_torch(name, tensor_hypers):
     torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0)
     for a, b in zip(ours[1:], theirs[1:]):  # backward graphs differ in shape: rounding only
         torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("cls", [gradstep.Adam, gradstep.AdamW])
+def test_float16_default_follows_torchs_default_arithmetic(cls):
+    """With no backend flag, float16 parameters get torch.optim's own per-op float16 arithmetic
+    (where eps=1e-8 underflows and a zero second moment gives inf), not the float32 fused math."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(64, generator=gen, dtype=torch.float64).half()
+    grads = [torch.randn(64, generator=gen, dtype=torch.float64).half() * 1e-3 for _ in range(6)]
+    grads[0][:8] = 0
+    got, want = [torch.nn.Parameter(base.clone()) for _ in range(2)]
+    opts = cls([got]), getattr(torch.optim, cls.__name__)([want])
+    for g in grads:
+        for p, opt in zip((got, want), opts):
+            p.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)

@@ -363,8 +363,8 @@ def test_lerp_follows_torch_formula(interpret):
 # --------------------------------------------------------------------- dispatch and fallbacks
 
 
-def _fake(device_type):
-    return SimpleNamespace(device=SimpleNamespace(type=device_type))
+def _fake(device_type, dtype=torch.float32):
+    return SimpleNamespace(device=SimpleNamespace(type=device_type), dtype=dtype)
 
 
 def test_cuda_params_default_to_fused():
@@ -372,6 +372,9 @@ def test_cuda_params_default_to_fused():
     assert select_backend(group, [_fake("cuda")]) is _fused
     assert select_backend(dict(group, fused=True), [_fake("cuda")]) is _fused
     assert select_backend(dict(group, foreach=True), [_fake("cuda")]) is not _fused
+    # float16: torch's own default path (see backends/__init__.py), unless fused=True
+    assert select_backend(group, [_fake("cuda", torch.float16)]) is not _fused
+    assert select_backend(dict(group, fused=True), [_fake("cuda", torch.float16)]) is _fused
     assert select_backend(dict(group, fused=False), [_fake("cuda")]) is not _fused
 
 

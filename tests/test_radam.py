@@ -135,7 +135,8 @@ def test_differentiable(kwargs, step):
     assert_differentiable(gradstep.RAdam, torch.optim.RAdam, state, kwargs)
 
 
-@pytest.mark.parametrize("cfg", [RAdamConfig(*c) for c in itertools.product([False, True], repeat=3)])
+@pytest.mark.parametrize("cfg", [RAdamConfig(*c, phase) for c in itertools.product([False, True], repeat=3)
+                                 for phase in ("both", "plain", "rectified")])
 @pytest.mark.parametrize("steps", [(-0.02, 0.0), (0.0, -0.05)], ids=["rectified", "plain"])
 def test_traced_rule_matches(cfg, steps):
     rect_step, plain_step = steps
@@ -144,3 +145,33 @@ def test_traced_rule_matches(cfg, steps):
         rect_step=rect_step, plain_step=plain_step,
     )
     assert_traced_rule_matches(radam_rule, cfg, scalars, n_states=2)
+
+
+@pytest.mark.parametrize("backend", [dict(foreach=False), dict(foreach=True), dict()], ids=str)
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_zero_second_moment_in_the_plain_phase(backend, eps):
+    """The first steps use no denominator, so a zero exp_avg_sq (a gradient of exactly 0, or
+    one whose square underflows, or eps=0) leaves the parameter finite, as in torch.optim."""
+    base = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    grads = [torch.tensor([0.0, 1e-3, 0.0, -0.5]), torch.tensor([0.0, 0.0, 0.25, 1.0])] * 4
+    got, want = [torch.nn.Parameter(base.clone()) for _ in range(2)]
+    opts = gradstep.RAdam([got], eps=eps, **backend), torch.optim.RAdam([want], eps=eps, **backend)
+    for g in grads:
+        for p, opt in zip((got, want), opts):
+            p.grad = g.clone()
+            opt.step()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert torch.isfinite(got).all() == torch.isfinite(want).all()
+
+
+def test_float16_underflowing_second_moment_matches_torch():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(7, generator=gen, dtype=torch.float64).half()
+    grads = [torch.randn(7, generator=gen, dtype=torch.float64).half() * 1e-2 for _ in range(8)]
+    got, want = [torch.nn.Parameter(base.clone()) for _ in range(2)]
+    opts = gradstep.RAdam([got], foreach=False), torch.optim.RAdam([want], foreach=False)
+    for g in grads:
+        for p, opt in zip((got, want), opts):
+            p.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3, equal_nan=True)

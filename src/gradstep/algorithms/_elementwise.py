@@ -35,6 +35,19 @@ _is_sparse = operator.attrgetter("is_sparse")
 _CAPTURABLE_DEVICES = ("cuda", "xpu", "hpu", "privateuseone", "xla", "mtia")
 
 
+def distinct(scalars: list[Scalars]) -> list[Scalars]:
+    """The distinct scalars objects of a run (usually one, shared by every row)."""
+    first = scalars[0]
+    if all(s is first for s in scalars):
+        return [first]
+    return list({id(s): s for s in scalars}.values())
+
+
+def are_numbers(scalars: list[Scalars], name: str) -> bool:
+    """Whether ``name`` is a plain number in every one of ``scalars`` (not a tensor)."""
+    return not any(isinstance(getattr(s, name), torch.Tensor) for s in scalars)
+
+
 def scalar_dtype() -> torch.dtype:
     """dtype of step counters: float64 when that is the default dtype, else float32 (as torch)."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -103,6 +116,17 @@ class ElementwiseOptimizer(Optimizer):
         (ASGD, whose per-parameter scalars live on the parameter's device).
         """
         return [self._scalars(group, step, st) for step, st in zip(steps, states)]
+
+    def _refine_config(self, cfg: Any, scalars: list[Scalars]) -> Any:
+        """The config for one run of the rule, given its rows' scalars.
+
+        The same as ``cfg`` unless the step's scalar values make a branch static that
+        ``_config`` must leave open (RAdam's rectified or plain phase, ASGD's copy of the
+        parameter before averaging starts): then the rule computes only what torch.optim
+        computes, and a branch that is not taken cannot turn an inf or a 0/0 into NaN. Scalars
+        that are tensors (``capturable=True``) are never read here.
+        """
+        return cfg
 
     def _first_step_config(self, group: dict[str, Any]) -> Any:
         """The config for parameters whose state was created in this step.
@@ -215,7 +239,7 @@ class ElementwiseOptimizer(Optimizer):
         self._check_capturable(group, params)
         if not self._amp_unscale(group, params):
             return
-        cfg = self._config(group)  # before _advance, which may update state it reads (ASGD)
+        cfg = self._config(group)
         scalars = self._advance(group, params)
         keys = self._state_keys(group)
         run = select_backend(group, params)
@@ -231,7 +255,8 @@ class ElementwiseOptimizer(Optimizer):
             ps = [params[i] for i in idx]
             if ps:
                 tensors = [ps, [p.grad for p in ps]] + [[self.state[p][k] for p in ps] for k in keys]
-                run(type(self).rule, c, [scalars[i] for i in idx], tensors)
+                sub = [scalars[i] for i in idx]
+                run(type(self).rule, self._refine_config(c, sub), sub, tensors)
 
     def _ensure_state(self, group: dict[str, Any], params: list[torch.Tensor]) -> set[int]:
         """Create missing state; the ids of the parameters whose state was just created.

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..backends import defaults_to_fused
 from ..backends.cpu import runner, steps
 from ._steps import increment as increment_steps
 
@@ -143,7 +144,8 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
 def _execute_triton(opt, group, plan: _Plan, grads, sts, cols, counters) -> None:
     values = increment_steps(counters) if opt.counts_steps else None
     scalars = _scalars(opt, group, values, sts, len(plan.params))
-    plan.launch(type(opt).rule, plan.cfg, scalars, [plan.params, grads, *cols])
+    cfg = opt._refine_config(plan.cfg, scalars)
+    plan.launch(type(opt).rule, cfg, scalars, [plan.params, grads, *cols])
 
 
 def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
@@ -152,10 +154,11 @@ def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
     scalars = _scalars(opt, group, values, sts, n)
     names = tuple(vars(scalars[0]))
     rule = type(opt).rule
+    cfg = opt._refine_config(plan.cfg, scalars)
     try:
-        fn = runner.get_kernel(rule, plan.cfg, names, len(plan.keys), plan.dtypes)
+        fn = runner.get_kernel(rule, cfg, names, len(plan.keys), plan.dtypes)
     except Exception:  # the generic path warned already; stay correct
-        runner.run_fused_cpu(rule, plan.cfg, scalars, [plan.params, grads, *cols])
+        runner.run_fused_cpu(rule, cfg, scalars, [plan.params, grads, *cols])
         return
     ptrs = plan.ptrs
     ptrs[n:2 * n] = gptrs
@@ -208,6 +211,8 @@ def _build(opt, group, params, plan: _Plan) -> bool:
         return False
     dtype = params[0].dtype
     if not all(type(p) in _PLAIN and p.dtype is dtype for p in params):
+        return False
+    if not fused and not defaults_to_fused(params[0]):
         return False
     keys = tuple(opt._state_keys(group))
     plan.launch = None

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _host_mirror
-from ._elementwise import ElementwiseOptimizer, Scalars, scalar_dtype
+from ._elementwise import ElementwiseOptimizer, Scalars, are_numbers, distinct, scalar_dtype
 from ._torch_paths import torch_takes_foreach
 from ._validation import add_fused_flag, check_lr, check_nonnegative
 
@@ -24,8 +24,9 @@ class ASGDConfig(NamedTuple):
     # torch's foreach path computes p - eta * (g + lambd * p), its for-loop
     # p * (1 - lambd * eta) - eta * g; in bf16 the two round differently.
     folded: bool
-    # every mu is 1 (averaging has not started) on a path where torch.optim then copies p
-    copy_average: bool
+    # every mu is 1 (averaging has not started) on a path where torch.optim then copies p;
+    # set by _refine_config from this step's scalars
+    copy_average: bool = False
 
 
 def asgd_rule(ops, cfg: ASGDConfig, s: Scalars, p, g, ax):
@@ -105,18 +106,18 @@ class ASGD(ElementwiseOptimizer):
         state["ax"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _config(self, group):
-        folded = torch_takes_foreach(group, group["params"][0])
         return ASGDConfig(
             maximize=group["maximize"],
             weight_decay=group["weight_decay"] != 0,
-            folded=folded,
-            copy_average=not (folded or group["capturable"]) and self._not_averaging(group),
+            folded=torch_takes_foreach(group, group["params"][0]),
         )
 
-    def _not_averaging(self, group) -> bool:
-        """Whether every stored mu of the group is 1 (read from the host mirror)."""
-        mus = [st["mu"] for st in map(self.state.get, group["params"]) if st and "mu" in st]
-        return not mus or all(mu == 1 for mu in _host_mirror.values(mus))
+    def _refine_config(self, cfg, scalars):
+        """torch.optim's for-loop copies the parameter into ``ax`` while mu is 1."""
+        if cfg.folded:
+            return cfg
+        ss = distinct(scalars)
+        return cfg._replace(copy_average=are_numbers(ss, "mu") and all(s.mu == 1 for s in ss))
 
     def _scalars(self, group, step, state):
         """With ``capturable=True``: this step's eta and mu are the stored ones (device

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._elementwise import ElementwiseOptimizer, Scalars, new_step, to_float
+from ._elementwise import ElementwiseOptimizer, Scalars, are_numbers, distinct, new_step, to_float
 from ._torch_paths import torch_takes_foreach
 from ._validation import add_fused_flag, check_betas, check_lr, check_nonnegative
 
@@ -22,6 +22,11 @@ class RAdamConfig(NamedTuple):
     maximize: bool
     weight_decay: bool
     decoupled: bool  # decay the parameter instead of adding L2 to the gradient
+    # "rectified" or "plain" when every row of a run is in that phase (set by _refine_config
+    # from the step's scalars); "both" computes either from the scalars, as torch.optim's
+    # foreach path does (where a zero denominator then gives NaN even in the plain phase)
+    phase: str = "both"
+    torch_foreach: bool = False  # torch.optim would take its foreach path: keep "both"
 
 
 def radam_rule(ops, cfg: RAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
@@ -35,7 +40,12 @@ def radam_rule(ops, cfg: RAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
             g = g + s.weight_decay * p
     exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
     exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
-    p = p + exp_avg * (s.rect_step / (ops.sqrt(exp_avg_sq) + s.eps) + s.plain_step)
+    if cfg.phase == "plain":  # the early steps: no adaptive denominator at all, as in torch.optim
+        p = p + exp_avg * s.plain_step
+    elif cfg.phase == "rectified":
+        p = p + exp_avg * (s.rect_step / (ops.sqrt(exp_avg_sq) + s.eps))
+    else:  # one of the two step sizes is 0
+        p = p + exp_avg * (s.rect_step / (ops.sqrt(exp_avg_sq) + s.eps) + s.plain_step)
     return p, exp_avg, exp_avg_sq
 
 
@@ -94,7 +104,20 @@ class RAdam(ElementwiseOptimizer):
             maximize=group["maximize"],
             weight_decay=group["weight_decay"] != 0,
             decoupled=group["decoupled_weight_decay"],
+            torch_foreach=torch_takes_foreach(group, group["params"][0]),
         )
+
+    def _refine_config(self, cfg, scalars):
+        """One phase for the whole run when every row is in it (the usual case), as torch.optim's
+        for-loop computes it."""
+        ss = distinct(scalars)
+        if cfg.torch_foreach or not are_numbers(ss, "plain_step"):
+            return cfg
+        if all(s.rect_step == 0 for s in ss):  # (with lr == 0 both are 0: no denominator then)
+            return cfg._replace(phase="plain")
+        if all(s.plain_step == 0 for s in ss):
+            return cfg._replace(phase="rectified")
+        return cfg
 
     def _scalars(self, group, step, state):
         beta1, beta2 = group["betas"]

@@ -5,6 +5,11 @@ the fused backend (on the CPU: generated C, see cpu/; on CUDA: generated Triton,
 no flag the fastest available backend is used: fused for CPU and CUDA tensors, foreach
 otherwise. ``differentiable=True`` always uses the reference backend, whose ops autograd can
 differentiate.
+
+One exception to "fused by default": float16 parameters take torch.optim's own default path
+(for-loop on the CPU, foreach elsewhere). The fused kernels compute in float32, while torch's
+default rounds every op to float16, where e.g. ``eps=1e-8`` underflows to 0 and a zero second
+moment gives inf: the numbers would differ beyond rounding. ``fused=True`` still opts in.
 """
 
 from __future__ import annotations
@@ -66,6 +71,13 @@ def select_backend(group: dict[str, Any], params: list[torch.Tensor]) -> Runner:
         return _fused
     if foreach is False:
         return run_reference
-    if foreach is None and fused is None and params[0].device.type in ("cpu", "cuda"):
+    if foreach is None and fused is None and defaults_to_fused(params[0]):
         return _fused
+    if foreach is None and fused is None and params[0].device.type == "cpu":
+        return run_reference  # torch's CPU default (float16 parameters)
     return _foreach
+
+
+def defaults_to_fused(p: torch.Tensor) -> bool:
+    """Whether a group with neither ``foreach`` nor ``fused`` set runs fused (see above)."""
+    return p.device.type in ("cpu", "cuda") and p.dtype is not torch.float16
