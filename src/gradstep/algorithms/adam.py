@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._elementwise import ElementwiseOptimizer, Scalars, new_step, to_float
+from ._torch_paths import torch_takes_foreach
 from ._validation import (
     check_backend_flags,
     check_betas,
@@ -25,6 +26,9 @@ class AdamConfig(NamedTuple):
     # tensors computed from the step counter, the step size divides the denominator)
     differentiable: bool = False
     lerp_second: bool = False  # a beta2 that requires grad: the second moment as a lerp
+    # capturable=True on torch.optim's foreach path: its form of the update (the denominator
+    # divided by the negated step size, computed as 1 / ((beta1**t - 1) / lr))
+    capturable_foreach: bool = False
 
 
 def adam_rule(ops, cfg: AdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
@@ -46,7 +50,10 @@ def adam_rule(ops, cfg: AdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq, max_e
         second = max_exp_avg_sq
     else:
         second = exp_avg_sq
-    if cfg.differentiable:
+    if cfg.capturable_foreach:
+        denom = (ops.sqrt(second) / s.bias_correction2_sqrt + s.eps) / -s.step_size
+        p = ops.addcdiv(p, exp_avg, denom)
+    elif cfg.differentiable:
         step_size_neg = -s.step_size
         denom = ops.sqrt(second) / (s.bias_correction2_sqrt * step_size_neg) + s.eps / step_size_neg
         p = ops.addcdiv(p, exp_avg, denom)
@@ -129,13 +136,16 @@ class Adam(ElementwiseOptimizer):
 
     def _config(self, group):
         differentiable = bool(group["differentiable"]) and not group["capturable"]
+        capturable_foreach = bool(group["capturable"]) and torch_takes_foreach(group, group["params"][0])
         return AdamConfig(
             maximize=group["maximize"],
             weight_decay=group["weight_decay"] != 0,
             decoupled=group["decoupled_weight_decay"],
             amsgrad=group["amsgrad"],
-            differentiable=differentiable,
+            # torch's for-loop takes the same form when capturable
+            differentiable=differentiable or (bool(group["capturable"]) and not capturable_foreach),
             lerp_second=differentiable and _requires_grad(group["betas"][1]),
+            capturable_foreach=capturable_foreach,
         )
 
     def _scalars(self, group, step, state):
@@ -155,13 +165,17 @@ class Adam(ElementwiseOptimizer):
             # autograd reaches them through the step (as torch.optim's does).
             bias_correction1 = 1 - beta1**step
             bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        if group["capturable"] and torch_takes_foreach(group, state["exp_avg"]):
+            step_size = -(1 / ((beta1**step - 1) / lr))  # rounded as torch's foreach path
+        else:
+            step_size = lr / bias_correction1
         return Scalars(
             lr=lr,
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
-            step_size=lr / bias_correction1,
+            step_size=step_size,
             bias_correction2_sqrt=bias_correction2_sqrt,
         )
 
