@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gradstep
+from optim_checks import assert_capturable_bitwise
 from parity import assert_parity
 
 OPTIONS = [
@@ -141,32 +142,13 @@ def test_float16_default_follows_torchs_default_arithmetic(cls):
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.fixture
-def torch_capturable_on_cpu(monkeypatch):
-    """torch.optim skips its capturable device check while compiling: that lets its capturable
-    code paths run on CPU tensors here, against gradstep's (which skips the check alike)."""
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-
-
 @pytest.mark.parametrize("cls", [gradstep.Adam, gradstep.AdamW])
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("kwargs", [{}, dict(amsgrad=True, weight_decay=0.1), dict(lr=torch.tensor(0.01))], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_capturable_math_bitwise_as_torch(torch_capturable_on_cpu, cls, foreach, kwargs, dtype):
+def test_capturable_math_bitwise_as_torch(monkeypatch, cls, foreach, kwargs, dtype):
     """capturable=True: the step-size scalars and the update take the form of torch's path
     (foreach: the denominator divided by 1 / ((beta1**t - 1) / lr); for-loop: its own form), so
     float64 runs agree to the last bit, not only to float32's rounding of those scalars."""
-    gen = torch.Generator().manual_seed(0)
-    base = [torch.randn(s, generator=gen, dtype=dtype) for s in [(5, 3), (4,)]]
-    grads = [[torch.randn(b.shape, generator=gen, dtype=dtype) for b in base] for _ in range(10)]
-    runs = []
-    for make in (cls, getattr(torch.optim, cls.__name__)):
-        ps = [torch.nn.Parameter(b.clone()) for b in base]
-        opt = make(ps, capturable=True, foreach=foreach, **kwargs)
-        for gs in grads:
-            for p, g in zip(ps, gs):
-                p.grad = g.clone()
-            opt.step()
-        runs.append(ps)
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert_capturable_bitwise(monkeypatch, cls, getattr(torch.optim, cls.__name__),
+                              dict(kwargs, foreach=foreach), dtype)

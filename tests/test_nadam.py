@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 from optim_checks import (
+    assert_capturable_bitwise,
     assert_differentiable,
     assert_same_api,
     assert_same_error,
@@ -170,3 +171,14 @@ def test_traced_rule_matches(cfg):
         bias_correction2=0.3, grad_step=-0.05, momentum_step=-0.4,
     )
     assert_traced_rule_matches(nadam_rule, cfg, scalars, n_states=2)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("kwargs", [{}, dict(lr=torch.tensor(0.01)), dict(weight_decay=0.1, maximize=True),
+                                    dict(weight_decay=0.1, decoupled_weight_decay=True)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_capturable_math_bitwise_as_torch(monkeypatch, foreach, kwargs, dtype):
+    """capturable=True on torch's foreach path: its form of the update and the rounding of its
+    device-side scalars (mu from step * decay, mu_next from that plus decay)."""
+    assert_capturable_bitwise(monkeypatch, gradstep.NAdam, torch.optim.NAdam,
+                              dict(kwargs, foreach=foreach), dtype)

@@ -21,6 +21,9 @@ class NAdamConfig(NamedTuple):
     maximize: bool
     weight_decay: bool
     decoupled: bool  # decay the parameter (NAdamW) instead of adding L2 to the gradient
+    # capturable=True on torch.optim's foreach path: its form of the update (one numerator over
+    # sqrt(exp_avg_sq) / sqrt(bias_correction2) + eps), with its scalars' roundings
+    capturable_foreach: bool = False
 
 
 def nadam_rule(ops, cfg: NAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
@@ -31,9 +34,13 @@ def nadam_rule(ops, cfg: NAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
         if cfg.decoupled:
             p = p * s.param_decay
         else:
-            g = g + s.weight_decay * p
+            g = ops.add(g, p, s.weight_decay)  # torch's add(..., alpha=weight_decay)
     exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
     exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
+    if cfg.capturable_foreach:
+        denom = ops.sqrt(exp_avg_sq) / s.bias_correction2_sqrt + s.eps
+        numerator = ops.addcmul(g * s.grad_step, exp_avg, s.momentum_step)
+        return ops.addcdiv(p, numerator, denom), exp_avg, exp_avg_sq
     denom = ops.sqrt(exp_avg_sq / s.bias_correction2) + s.eps
     p = ops.addcdiv(p, g, denom, s.grad_step)
     p = ops.addcdiv(p, exp_avg, denom, s.momentum_step)
@@ -107,6 +114,8 @@ class NAdam(ElementwiseOptimizer):
             maximize=group["maximize"],
             weight_decay=group["weight_decay"] != 0,
             decoupled=group["decoupled_weight_decay"],
+            capturable_foreach=bool(group["capturable"])
+            and torch_takes_foreach(group, group["params"][0]),
         )
 
     def _stateful_scalars(self, group, steps, states):
@@ -135,6 +144,8 @@ class NAdam(ElementwiseOptimizer):
 
     def _scalars(self, group, step, state):
         """Advance ``mu_product`` and derive the two step sizes of this step."""
+        if group["capturable"] and torch_takes_foreach(group, state["exp_avg"]):
+            return self._capturable_foreach_scalars(group, step, state)
         beta1 = group["betas"][0]
         decay = group["momentum_decay"]
         if not group["capturable"]:
@@ -144,6 +155,27 @@ class NAdam(ElementwiseOptimizer):
         if not (group["capturable"] or group["differentiable"]):
             mu_product = mu_product.item()
         return self._step_scalars(group, step, mu_product, state)
+
+    def _capturable_foreach_scalars(self, group, step, state):
+        """The scalars as torch.optim's foreach path computes them from device counters
+        (the same values as ``_step_scalars``, rounded in its order of operations)."""
+        (beta1, beta2), lr = group["betas"], group["lr"]
+        decay = group["momentum_decay"]
+        exponent = step * decay
+        mu = (0.96**exponent * -0.5 + 1.0) * beta1
+        mu_next = (0.96 ** (exponent + decay) * -0.5 + 1.0) * beta1
+        mu_product = state["mu_product"]
+        mu_product.mul_(mu)
+        return Scalars(
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            param_decay=1 - lr * group["weight_decay"],
+            bias_correction2_sqrt=(1 - beta2**step).sqrt(),
+            grad_step=(mu - 1.0) * lr / -(mu_product - 1.0),
+            momentum_step=mu_next * lr / (mu_product * mu_next - 1.0),
+        )
 
     def _step_scalars(self, group, step, mu_product, state):
         """This step's scalars, given the advanced ``mu_product`` (a number, or a tensor when
