@@ -13,7 +13,8 @@ from gradstep.backends.reference import TorchOps
 NAMES = ("lr", "beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt")
 
 
-@pytest.mark.parametrize("cfg", [AdamConfig(*c) for c in itertools.product([False, True], repeat=4)])
+@pytest.mark.parametrize("cfg", [AdamConfig(*c) for c in itertools.product([False, True], repeat=4)]
+                         + [AdamConfig(False, True, True, amsgrad, capturable_foreach=True) for amsgrad in (False, True)])
 def test_traced_adam_equals_rule(cfg):
     n_states = 3 if cfg.amsgrad else 2
     graph = trace(adam_rule, cfg, NAMES, n_states)

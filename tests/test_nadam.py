@@ -164,12 +164,14 @@ def test_differentiable(kwargs):
     assert_differentiable(gradstep.NAdam, torch.optim.NAdam, state, kwargs)
 
 
-@pytest.mark.parametrize("cfg", [NAdamConfig(*c) for c in itertools.product([False, True], repeat=3)])
+@pytest.mark.parametrize("cfg", [NAdamConfig(*c) for c in itertools.product([False, True], repeat=4)])
 def test_traced_rule_matches(cfg):
     scalars = dict(
         beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, param_decay=0.99,
         bias_correction2=0.3, grad_step=-0.05, momentum_step=-0.4,
     )
+    if cfg.capturable_foreach:
+        scalars["bias_correction2_sqrt"] = scalars.pop("bias_correction2") ** 0.5
     assert_traced_rule_matches(nadam_rule, cfg, scalars, n_states=2)
 
 

@@ -39,7 +39,7 @@ def nadam_rule(ops, cfg: NAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
     exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
     if cfg.capturable_foreach:
         denom = ops.sqrt(exp_avg_sq) / s.bias_correction2_sqrt + s.eps
-        numerator = ops.addcmul(g * s.grad_step, exp_avg, s.momentum_step)
+        numerator = g * s.grad_step + exp_avg * s.momentum_step
         return ops.addcdiv(p, numerator, denom), exp_avg, exp_avg_sq
     denom = ops.sqrt(exp_avg_sq / s.bias_correction2) + s.eps
     p = ops.addcdiv(p, g, denom, s.grad_step)
