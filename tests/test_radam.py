@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 from optim_checks import (
+    assert_capturable_bitwise,
     assert_differentiable,
     assert_same_api,
     assert_same_error,
@@ -136,7 +137,8 @@ def test_differentiable(kwargs, step):
 
 
 @pytest.mark.parametrize("cfg", [RAdamConfig(*c, phase) for c in itertools.product([False, True], repeat=3)
-                                 for phase in ("both", "plain", "rectified")])
+                                 for phase in ("both", "plain", "rectified")]
+                         + [RAdamConfig(False, True, False, "both", torch_foreach=True)])
 @pytest.mark.parametrize("steps", [(-0.02, 0.0), (0.0, -0.05)], ids=["rectified", "plain"])
 def test_traced_rule_matches(cfg, steps):
     rect_step, plain_step = steps
@@ -175,3 +177,13 @@ def test_float16_underflowing_second_moment_matches_torch():
             p.grad = g.clone()
             opt.step()
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(lr=torch.tensor(0.01)), dict(weight_decay=0.1, maximize=True),
+                                    dict(weight_decay=0.1, decoupled_weight_decay=True)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_capturable_foreach_math_bitwise_as_torch(monkeypatch, kwargs, dtype):
+    """capturable=True on torch's foreach path (its default on GPUs): the step sizes rounded in
+    its order and its reciprocal form of the update, through both phases (10 steps)."""
+    assert_capturable_bitwise(monkeypatch, gradstep.RAdam, torch.optim.RAdam,
+                              dict(kwargs, foreach=True), dtype)

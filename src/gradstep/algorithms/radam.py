@@ -8,7 +8,6 @@ step count alone, so it is decided outside the rule: the rule always computes
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -44,7 +43,9 @@ def radam_rule(ops, cfg: RAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
         p = p + exp_avg * s.plain_step
     elif cfg.phase == "rectified":
         p = p + exp_avg * (s.rect_step / (ops.sqrt(exp_avg_sq) + s.eps))
-    else:  # one of the two step sizes is 0
+    elif cfg.torch_foreach:  # one of the two step sizes is 0; torch's foreach form
+        p = p + exp_avg * (1 / ((ops.sqrt(exp_avg_sq) + s.eps) / s.rect_step) + s.plain_step)
+    else:
         p = p + exp_avg * (s.rect_step / (ops.sqrt(exp_avg_sq) + s.eps) + s.plain_step)
     return p, exp_avg, exp_avg_sq
 
@@ -134,13 +135,16 @@ class RAdam(ElementwiseOptimizer):
         rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
         if capturable:
             rectified = rho_t > 5.0
-            rect = _rectification(rho_t, rho_inf).clamp(min=0).sqrt()
-            rect_step = bias_correction2.sqrt() * (lr * rect / bias_correction1) * -1
-            rect_step = torch.where(rectified, rect_step, 0.0)
-            plain_step = torch.where(rectified, 0.0, (lr / bias_correction1) * -1)
+            rect = torch.where(rectified, _rectification(rho_t, rho_inf).clamp(min=0).sqrt(), 0.0)
+            if torch_takes_foreach(group, state["exp_avg"]):  # rounded as torch's foreach path
+                rect_step = -(bias_correction2.sqrt() * lr * rect) / bias_correction1
+                plain_step = -(torch.where(rectified, 0.0, 1.0) * lr / bias_correction1)
+            else:
+                rect_step = bias_correction2.sqrt() * (lr * rect / bias_correction1) * -1
+                plain_step = torch.where(rectified, 0.0, (lr / bias_correction1) * -1)
         elif rho_t > 5.0:
-            rect = math.sqrt(_rectification(rho_t, rho_inf))
-            rect_step = math.sqrt(bias_correction2) * (lr * rect / bias_correction1) * -1
+            rect = _rectification(rho_t, rho_inf) ** 0.5
+            rect_step = bias_correction2**0.5 * (lr * rect / bias_correction1) * -1
             plain_step = 0.0
         else:
             rect_step, plain_step = 0.0, (lr / bias_correction1) * -1
