@@ -187,3 +187,23 @@ def test_capturable_foreach_math_bitwise_as_torch(monkeypatch, kwargs, dtype):
     its order and its reciprocal form of the update, through both phases (10 steps)."""
     assert_capturable_bitwise(monkeypatch, gradstep.RAdam, torch.optim.RAdam,
                               dict(kwargs, foreach=True), dtype)
+
+
+def test_differentiable_tensor_lr_gets_its_gradient():
+    """differentiable=True with a tensor lr that requires grad: autograd reaches lr through
+    both phases' step sizes, as in torch.optim."""
+
+    def run(module):
+        lr = torch.tensor(0.01, dtype=torch.float64, requires_grad=True)
+        x = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True).clone()
+        opt = module.RAdam([x], lr=lr, differentiable=True)
+        for i in range(8):  # plain phase, then rectified from step 6
+            x.grad = torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64) * (i + 1)
+            opt.step()
+        x.sum().backward()
+        return x.detach(), lr.grad
+
+    got, want = run(gradstep), run(torch.optim)
+    assert got[1] is not None
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -127,8 +127,11 @@ class RAdam(ElementwiseOptimizer):
         if not capturable:
             beta1, beta2 = to_float(beta1), to_float(beta2)
         param_decay = 1 - lr * weight_decay  # from a tensor lr: float32, as in torch.optim
-        if not capturable and not torch_takes_foreach(group, state["exp_avg"]):
-            lr = to_float(lr)  # torch's foreach path keeps a tensor lr in the step sizes
+        # torch's foreach path keeps a tensor lr in the step sizes; with differentiable=True,
+        # autograd reaches it through them
+        keep_tensors = capturable or group["differentiable"]
+        if not keep_tensors and not torch_takes_foreach(group, state["exp_avg"]):
+            lr = to_float(lr)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         rho_inf = 2 / (1 - beta2) - 1
@@ -157,6 +160,6 @@ class RAdam(ElementwiseOptimizer):
             rect_step=rect_step,
             plain_step=plain_step,
         )
-        if not capturable:
+        if not keep_tensors:
             s = Scalars(**{k: to_float(v) for k, v in vars(s).items()})
         return s
