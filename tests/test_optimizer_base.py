@@ -474,3 +474,22 @@ def test_subclass_step_calling_super_runs_hooks_once_like_torch():
         assert run.returncode == 0, run.stderr[-800:]
         out[which] = run.stdout.strip().splitlines()[-1]
     assert out["gradstep"] == out["torch"] == "['pre', 'post', 'global_post']"
+
+
+@pytest.mark.parametrize("change", ["groups", "sizes"])
+def test_load_state_dict_mismatch_messages_are_torchs_exactly(change):
+    """The two mismatch errors torch.optim raises on load carry its exact words (code that
+    compares the message string, not just a regex, keeps working)."""
+    def build(module, n_groups, n_params):
+        groups = [{"params": [torch.nn.Parameter(torch.zeros(2)) for _ in range(n_params)]}
+                  for _ in range(n_groups)]
+        return module.SGD(groups, lr=0.1)
+
+    shape = (2, 1) if change == "groups" else (1, 2)
+    messages = []
+    for module in (torch.optim, gradstep):
+        saved = build(module, 1, 1).state_dict()
+        with pytest.raises(ValueError) as info:
+            build(module, *shape).load_state_dict(saved)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]

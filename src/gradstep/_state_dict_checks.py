@@ -36,10 +36,7 @@ def check_layout(state_dict: Any, groups: list[dict[str, Any]]) -> None:
             f"{type(saved_groups).__name__}"
         )
     if len(groups) != len(saved_groups):
-        raise ValueError(
-            "loaded state dict has a different number of parameter groups "
-            f"({len(saved_groups)}, the optimizer has {len(groups)})"
-        )
+        raise ValueError("loaded state dict has a different number of parameter groups")  # torch's words
     owner: dict[Any, torch.Tensor] = {}
     for index, (group, saved) in enumerate(zip(groups, saved_groups)):
         if not isinstance(saved, Mapping):
@@ -55,10 +52,9 @@ def check_layout(state_dict: Any, groups: list[dict[str, Any]]) -> None:
                 f"but got {type(ids).__name__}"
             )
         if len(group["params"]) != len(ids):
-            raise ValueError(
+            raise ValueError(  # torch's exact words
                 "loaded state dict contains a parameter group that doesn't match the size "
-                f"of optimizer's group (group {index}: {len(ids)} parameters, the optimizer's "
-                f"has {len(group['params'])})"
+                "of optimizer's group"
             )
         for pid, param in zip(ids, group["params"]):
             try:
