@@ -499,6 +499,29 @@ def test_gpu_default_uses_triton(monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("cls", ALGORITHMS, ids=lambda c: c.__name__)
+def test_gpu_steady_plan_matches_torch(monkeypatch, cls):
+    """Default flags on CUDA, every parameter with a gradient each step: after the first step
+    the group runs from its steady plan (_steady.py) and still gives torch's numbers."""
+    from gradstep.algorithms import _steady
+
+    steady = []
+    real = _steady._execute_triton
+    monkeypatch.setattr(_steady, "_execute_triton", lambda *a: steady.append(1) or real(*a))
+    base = make_params(torch.float32, ((64, 33), (1000,), (7,)), device="cuda")
+    pa, pb = clone_params(base), clone_params(base)
+    kwargs = dict(lr=0.01) if cls.__name__ != "SGD" else dict(lr=0.01, momentum=0.9)
+    oa, ob = cls(pa, **kwargs), _torch_twin(cls)(pb, **kwargs)
+    for step in range(8):
+        for x, y, g in zip(pa, pb, grads_for(base, step)):
+            x.grad, y.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+        _compare(oa, ob, pa, pb, torch.float32, f"step {step}")
+    assert len(steady) >= 6
+
+
+@needs_gpu
 @pytest.mark.parametrize("cls", [c for c in ALGORITHMS if _accepts(c, dict(capturable=True))],
                          ids=lambda c: c.__name__)
 def test_gpu_cuda_graph_replay_matches_eager(cls):
