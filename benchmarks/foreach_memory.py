@@ -192,7 +192,6 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", action="store_true", help="also the extra option sets")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     configs = {**CONFIGS, **EXTRA_CONFIGS} if args.extra else CONFIGS
     mem = memory_table(configs)
     total = sum(torch.Size(s).numel() for s in SHAPES)
