@@ -39,7 +39,7 @@ def adam_rule(ops, cfg: AdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq, max_e
         if cfg.decoupled:
             p = p * (1 - s.lr * s.weight_decay)
         else:
-            g = g + s.weight_decay * p
+            g = ops.add(g, p, s.weight_decay)  # torch: add(param, alpha=weight_decay)
     exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
     if cfg.lerp_second:
         exp_avg_sq = ops.lerp(exp_avg_sq, g * g, 1 - s.beta2)

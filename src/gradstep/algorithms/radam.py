@@ -36,7 +36,7 @@ def radam_rule(ops, cfg: RAdamConfig, s: Scalars, p, g, exp_avg, exp_avg_sq):
         if cfg.decoupled:
             p = p * s.param_decay
         else:
-            g = g + s.weight_decay * p
+            g = ops.add(g, p, s.weight_decay)  # torch: add(param, alpha=weight_decay)
     exp_avg = ops.lerp(exp_avg, g, 1 - s.beta1)
     exp_avg_sq = ops.addcmul(exp_avg_sq * s.beta2, g, g, 1 - s.beta2)
     if cfg.phase == "plain":  # the early steps: no adaptive denominator at all, as in torch.optim
