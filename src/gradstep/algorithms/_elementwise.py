@@ -113,7 +113,8 @@ class ElementwiseOptimizer(Optimizer):
         """Each parameter's scalars, when they read or update its state (``scalars_use_state``).
 
         One ``_scalars`` call per parameter, unless an algorithm does the whole group at once
-        (ASGD, whose per-parameter scalars live on the parameter's device).
+        (ASGD's eta/mu and NAdam's mu_product: one read and one write per group, no per-tensor
+        ops or device syncs).
         """
         return [self._scalars(group, step, st) for step, st in zip(steps, states)]
 
