@@ -25,3 +25,24 @@ echo "bench exit $?"
 timeout ${TEST_TIMEOUT:-240} $PY -m pytest tests/test_fused_cuda.py -k gpu -q -p no:cacheprovider \
   --durations=8 --junitxml="$OUT/tests.xml" ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40
 echo "tests exit $?"
+# the foreach backend on CUDA: in-place evaluation bitwise against out-of-place, and the step's
+# peak memory over the parameters' bytes against torch.optim's foreach (torch's
+# test_peak_memory_foreach allows about one parameter-sized intermediate over its for-loop)
+timeout ${TEST_TIMEOUT:-240} $PY -m pytest tests/test_foreach_memory.py -k cuda -q -p no:cacheprovider \
+  2>&1 | tee "$OUT/foreach_cuda.log" | tail -5
+timeout 120 $PY - <<'PY' 2>&1 | tee "$OUT/foreach_peak.txt"
+import torch, gradstep
+for name in ("Adam", "AdamW", "SGD", "Adagrad", "Adadelta", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "Rprop"):
+    row = []
+    for lib in (torch.optim, gradstep):
+        ps = [torch.nn.Parameter(torch.randn(1 << 22, device="cuda")) for _ in range(4)]
+        kw = dict(momentum=0.9) if name == "SGD" else {}
+        opt = getattr(lib, name)(ps, lr=1e-3, foreach=True, **kw)
+        for p in ps: p.grad = torch.randn_like(p)
+        opt.step(); torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+        opt.step(); torch.cuda.synchronize()
+        row.append((torch.cuda.max_memory_allocated() - base) / (4 * 4 * (1 << 22)))
+        del opt, ps
+    print("%-9s foreach peak / param bytes: torch %.2f gradstep %.2f" % (name, *row))
+PY
