@@ -276,6 +276,8 @@ def test_tables_are_cached_per_layout(interpret):
     (gradstep.Adam, dict(lr=0.05, weight_decay=0.1)),
     (gradstep.SGD, dict(lr=0.1, momentum=0.9)),
     (gradstep.ASGD, dict(lr=0.05, t0=3)),
+    (gradstep.NAdam, dict(lr=0.05, weight_decay=0.1)),
+    (gradstep.RAdam, dict(lr=0.05)),  # plain phase, then rectified from step 6
 ], ids=lambda x: getattr(x, "__name__", ""))
 def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeypatch, cls, kwargs):
     """Groups of CUDA tensors take the steady path (_steady.py) to the Triton runner, exercised
@@ -291,7 +293,7 @@ def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeyp
     base = make_params()
     pa, pb = clone_params(base), clone_params(base)
     oa, ob = cls(pa, **kwargs), _torch_twin(cls)(pb, **kwargs)
-    state_key = {"Adam": "exp_avg", "SGD": "momentum_buffer", "ASGD": "ax"}[cls.__name__]
+    state_key = {"SGD": "momentum_buffer", "ASGD": "ax"}.get(cls.__name__, "exp_avg")
     for step in range(9):
         for x, y, g in zip(pa, pb, grads_for(base, step)):
             x.grad, y.grad = g.clone(), g.clone()
