@@ -185,15 +185,26 @@ class ElementwiseOptimizer(Optimizer):
         """Increment step counters and compute each parameter's per-step scalars."""
         states = [self.state.get(p, {}) for p in params]
         if not self.counts_steps:
-            s = self._scalars(group, None, states[0])
-            return [s] * len(params)
+            return self._scalars_for_steps(group, None, states)
         steps = [st["step"] for st in states]
         if group.get("capturable"):
             torch._foreach_add_(steps, 1)
             return [self._scalars(group, step, st) for step, st in zip(steps, states)]
         values = increment_steps(steps)  # device counters (fused=True) are read without a sync
+        return self._scalars_for_steps(group, values, states)
+
+    def _scalars_for_steps(
+        self, group: dict[str, Any], values: list[float] | None, states: list[dict[str, Any]]
+    ) -> list[Scalars]:
+        """Each parameter's scalars given its counter's new value (``None``: no counters),
+        computed once per distinct value unless they read state (``_stateful_scalars``).
+        The generic step and the steady-state path (_steady.py) both use this."""
+        if values is None:
+            return [self._scalars(group, None, states[0])] * len(states)
         if self.scalars_use_state:
             return self._stateful_scalars(group, values, states)
+        if min(values) == max(values):
+            return [self._scalars(group, values[0], states[0])] * len(states)
         cache: dict[float, Scalars] = {}
         out = []
         for value, st in zip(values, states):

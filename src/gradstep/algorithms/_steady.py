@@ -143,7 +143,7 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
 
 def _execute_triton(opt, group, plan: _Plan, grads, sts, cols, counters) -> None:
     values = increment_steps(counters) if opt.counts_steps else None
-    scalars = _scalars(opt, group, values, sts, len(plan.params))
+    scalars = opt._scalars_for_steps(group, values, sts)
     cfg = opt._refine_config(plan.cfg, scalars)
     plan.launch(type(opt).rule, cfg, scalars, [plan.params, grads, *cols])
 
@@ -151,7 +151,7 @@ def _execute_triton(opt, group, plan: _Plan, grads, sts, cols, counters) -> None
 def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
     n = len(plan.params)
     values = steps.increment_ptrs(plan.step_fn, plan.step_ptrs) if opt.counts_steps else None
-    scalars = _scalars(opt, group, values, sts, n)
+    scalars = opt._scalars_for_steps(group, values, sts)
     names = tuple(vars(scalars[0]))
     rule = type(opt).rule
     cfg = opt._refine_config(plan.cfg, scalars)
@@ -163,23 +163,6 @@ def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
     ptrs = plan.ptrs
     ptrs[n:2 * n] = gptrs
     runner._call(fn, ptrs, plan.offsets, n, *runner._pack_scalars(scalars, names))
-
-
-def _scalars(opt, group, values, sts, n: int) -> list:
-    """The per-step scalars of ``n`` parameters, as ``ElementwiseOptimizer._advance`` makes them."""
-    if values is not None:
-        if opt.scalars_use_state:
-            return opt._stateful_scalars(group, values, sts)
-        if min(values) == max(values):
-            return [opt._scalars(group, values[0], sts[0])] * n
-        cache: dict[float, Any] = {}
-        scalars = []
-        for v, st in zip(values, sts):
-            if v not in cache:
-                cache[v] = opt._scalars(group, v, st)
-            scalars.append(cache[v])
-        return scalars
-    return [opt._scalars(group, None, sts[0])] * n
 
 
 def remember(opt, group: dict, params: list) -> None:

@@ -67,15 +67,22 @@ def _scalar_fn(tensors: list[torch.Tensor], names: dict):
     return _fn(dtype, names)
 
 
+def _call(fn, ptrs: array, values: array | None = None) -> array:
+    """Run a native function over the 0-d tensors at ``ptrs`` with a buffer of doubles: the
+    values to write (``values``), or zeros it fills with what it read or computed."""
+    buf = array("d", bytes(8 * len(ptrs))) if values is None else values
+    fn(ptrs.buffer_info()[0], len(ptrs), buf.buffer_info()[0])
+    return buf
+
+
+def _ptrs(tensors: list[torch.Tensor]) -> array:
+    return array("Q", map(torch.Tensor.data_ptr, tensors))
+
+
 def load_cpu(tensors: list[torch.Tensor]) -> list[float] | None:
     """The values of 0-d CPU tensors of one float dtype, read in one call (or None)."""
     fn = _scalar_fn(tensors, _LOAD_NAMES)
-    if fn is None:
-        return None
-    ptrs = array("Q", map(torch.Tensor.data_ptr, tensors))
-    out = array("d", bytes(8 * len(tensors)))
-    fn(ptrs.buffer_info()[0], len(tensors), out.buffer_info()[0])
-    return out.tolist()
+    return None if fn is None else _call(fn, _ptrs(tensors)).tolist()
 
 
 def store_cpu(tensors: list[torch.Tensor], values: list[float]) -> bool:
@@ -84,26 +91,14 @@ def store_cpu(tensors: list[torch.Tensor], values: list[float]) -> bool:
     fn = _scalar_fn(tensors, _STORE_NAMES)
     if fn is None:
         return False
-    ptrs = array("Q", map(torch.Tensor.data_ptr, tensors))
-    vals = array("d", values)
-    fn(ptrs.buffer_info()[0], len(tensors), vals.buffer_info()[0])
+    _call(fn, _ptrs(tensors), array("d", values))
     return True
 
 
 def increment_cpu(steps: list[torch.Tensor]) -> list[float] | None:
     """Add one to CPU counters of one float dtype; ``None`` (nothing done) if they are not."""
-    dtype = steps[0].dtype
-    if dtype not in _NAMES or _failed:
-        return None
-    if not all(s.is_cpu and s.dtype is dtype for s in steps):
-        return None
-    fn = _fn(dtype)
-    if fn is None:
-        return None
-    ptrs = array("Q", map(torch.Tensor.data_ptr, steps))
-    out = array("d", bytes(8 * len(steps)))
-    fn(ptrs.buffer_info()[0], len(steps), out.buffer_info()[0])
-    return out.tolist()
+    fn = _scalar_fn(steps, _NAMES)
+    return None if fn is None else _call(fn, _ptrs(steps)).tolist()
 
 
 def function(dtype: torch.dtype):
@@ -113,6 +108,4 @@ def function(dtype: torch.dtype):
 
 def increment_ptrs(fn, ptrs: array) -> array:
     """Add one to the counters at ``ptrs`` (validated by the caller) and return the new values."""
-    out = array("d", bytes(8 * len(ptrs)))
-    fn(ptrs.buffer_info()[0], len(ptrs), out.buffer_info()[0])
-    return out
+    return _call(fn, ptrs)
