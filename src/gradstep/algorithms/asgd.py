@@ -122,11 +122,12 @@ class ASGD(ElementwiseOptimizer):
     def _scalars(self, group, step, state):
         """With ``capturable=True``: this step's eta and mu are the stored ones (device
         tensors, cloned); then store the next step's, with tensor ops on the device counter."""
-        lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
-        eta, mu, step_t = state["eta"], state["mu"], state["step"]
-        s = Scalars(eta=eta.clone(), mu=mu.clone(), lambd=lambd, weight_decay=group["weight_decay"])
-        eta.copy_(lr / ((1 + lambd * lr * step_t) ** alpha))
-        mu.copy_(1 / torch.maximum(step_t - t0, torch.ones_like(step_t)))
+        eta, mu = state["eta"], state["mu"]
+        s = Scalars(eta=eta.clone(), mu=mu.clone(), lambd=group["lambd"],
+                    weight_decay=group["weight_decay"])
+        next_eta, next_mu = _eta_mu_of_counter(group, state["step"])
+        eta.copy_(next_eta)
+        mu.copy_(next_mu)
         return s
 
     def _stateful_scalars(self, group, steps, states):
@@ -159,13 +160,20 @@ def _next_eta_mu(group, step: float, step_dtype: torch.dtype, tensor_math: bool)
     path, and in Python floats on its for-loop path; the difference shows in float64 runs.
     (A tensor lr makes eta a tensor expression on both, as in torch.optim.)
     """
-    lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
     if tensor_math:
-        step_t = torch.tensor(step, dtype=step_dtype)
-        eta = lr / ((1 + lambd * lr * step_t) ** alpha)
-        mu = 1 / torch.maximum(step_t - t0, torch.ones_like(step_t))
+        eta, mu = _eta_mu_of_counter(group, torch.tensor(step, dtype=step_dtype))
     else:
+        lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
         # (as tensors of the default dtype, rounded before being stored in any state dtype)
         eta = torch.as_tensor(lr / ((1 + lambd * lr * step) ** alpha))
         mu = torch.as_tensor(1 / max(1, step - t0))
     return eta.item(), mu.item()
+
+
+def _eta_mu_of_counter(group, step_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eta and mu from a step counter tensor, with tensor ops in its dtype (torch's foreach
+    and capturable arithmetic)."""
+    lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
+    eta = lr / ((1 + lambd * lr * step_t) ** alpha)
+    mu = 1 / torch.maximum(step_t - t0, torch.ones_like(step_t))
+    return eta, mu
