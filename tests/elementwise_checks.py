@@ -76,6 +76,26 @@ def capturable_on_cpu():
     return mock.patch("torch.compiler.is_compiling", lambda: True)
 
 
+def assert_capturable_bitwise(gs_cls, torch_cls, kwargs, dtype, steps=10):
+    """``capturable=True`` runs of both libraries (on the CPU, see ``capturable_on_cpu``) give
+    identical parameters, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(s, generator=gen, dtype=dtype) for s in [(5, 3), (4,)]]
+    grads = [[torch.randn(b.shape, generator=gen, dtype=dtype) for b in base] for _ in range(steps)]
+    runs = []
+    with capturable_on_cpu():
+        for make in (gs_cls, torch_cls):
+            ps = [torch.nn.Parameter(b.clone()) for b in base]
+            opt = make(ps, capturable=True, **kwargs)
+            for gs in grads:
+                for p, g in zip(ps, gs):
+                    p.grad = g.clone()
+                opt.step()
+            runs.append(ps)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def sparse_grad(shape, step, seed=7):
     """An uncoalesced sparse gradient (repeated rows) touching a few rows of a 2-d parameter."""
     gen = torch.Generator().manual_seed(seed * 1009 + step)

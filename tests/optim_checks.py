@@ -97,24 +97,18 @@ def assert_traced_rule_matches(rule, cfg, scalars: dict, n_states: int, positive
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def assert_capturable_bitwise(monkeypatch, gs_cls, torch_cls, kwargs, dtype, steps=10):
-    """``capturable=True`` runs of both libraries give identical parameters.
+def assert_same_step_error(gs_cls, torch_cls, kwargs, error, match):
+    """Both libraries raise ``error`` (message matching ``match``) at the first step."""
+    for cls in (gs_cls, torch_cls):
+        p = torch.nn.Parameter(torch.randn(3))
+        p.grad = torch.randn(3)
+        with pytest.raises(error, match=match):
+            cls([p], **kwargs).step()
 
-    torch.optim skips its capturable device check while compiling; faking that lets its
-    capturable code paths run on CPU tensors here (gradstep skips the check alike).
-    """
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    gen = torch.Generator().manual_seed(0)
-    base = [torch.randn(s, generator=gen, dtype=dtype) for s in [(5, 3), (4,)]]
-    grads = [[torch.randn(b.shape, generator=gen, dtype=dtype) for b in base] for _ in range(steps)]
-    runs = []
-    for make in (gs_cls, torch_cls):
-        ps = [torch.nn.Parameter(b.clone()) for b in base]
-        opt = make(ps, capturable=True, **kwargs)
-        for gs in grads:
-            for p, g in zip(ps, gs):
-                p.grad = g.clone()
-            opt.step()
-        runs.append(ps)
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+def assert_sparse_gradient_rejected(gs_cls):
+    """A dense-only algorithm refuses a sparse gradient with torch's message."""
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.randn(3).to_sparse()
+    with pytest.raises(RuntimeError, match=f"{gs_cls.__name__} does not support sparse gradients"):
+        gs_cls([p]).step()

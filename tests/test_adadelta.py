@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gradstep
+from optim_checks import assert_sparse_gradient_rejected
 from elementwise_checks import (
     assert_differentiable_step,
     assert_same_error,
@@ -98,10 +99,7 @@ def test_rho_one_is_accepted():
 
 
 def test_sparse_gradient_rejected():
-    p = torch.nn.Parameter(torch.randn(3))
-    p.grad = torch.randn(3).to_sparse()
-    with pytest.raises(RuntimeError, match="Adadelta does not support sparse gradients"):
-        gradstep.Adadelta([p]).step()
+    assert_sparse_gradient_rejected(gradstep.Adadelta)
 
 
 def test_signature_matches_torch():

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 import torch
+from elementwise_checks import assert_capturable_bitwise
 
 import gradstep
-from optim_checks import assert_capturable_bitwise
 from parity import assert_parity
 
 OPTIONS = [
@@ -146,9 +146,9 @@ def test_float16_default_follows_torchs_default_arithmetic(cls):
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("kwargs", [{}, dict(amsgrad=True, weight_decay=0.1), dict(lr=torch.tensor(0.01))], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_capturable_math_bitwise_as_torch(monkeypatch, cls, foreach, kwargs, dtype):
+def test_capturable_math_bitwise_as_torch(cls, foreach, kwargs, dtype):
     """capturable=True: the step-size scalars and the update take the form of torch's path
     (foreach: the denominator divided by 1 / ((beta1**t - 1) / lr); for-loop: its own form), so
     float64 runs agree to the last bit, not only to float32's rounding of those scalars."""
-    assert_capturable_bitwise(monkeypatch, cls, getattr(torch.optim, cls.__name__),
+    assert_capturable_bitwise(cls, getattr(torch.optim, cls.__name__),
                               dict(kwargs, foreach=foreach), dtype)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gradstep
+from optim_checks import assert_sparse_gradient_rejected
 from elementwise_checks import (
     assert_differentiable_step,
     assert_same_error,
@@ -102,10 +103,7 @@ def test_errors_match_torch(kwargs, error, match):
 
 
 def test_sparse_gradient_rejected():
-    p = torch.nn.Parameter(torch.randn(3))
-    p.grad = torch.randn(3).to_sparse()
-    with pytest.raises(RuntimeError, match="Adamax does not support sparse gradients"):
-        gradstep.Adamax([p]).step()
+    assert_sparse_gradient_rejected(gradstep.Adamax)
 
 
 def test_signature_matches_torch():

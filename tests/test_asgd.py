@@ -9,6 +9,8 @@ from optim_checks import (
     assert_differentiable,
     assert_same_api,
     assert_same_error,
+    assert_same_step_error,
+    assert_sparse_gradient_rejected,
     assert_traced_rule_matches,
 )
 from parity import assert_parity
@@ -136,18 +138,11 @@ def test_errors_match_torch(kwargs, error, match):
     ],
 )
 def test_step_errors_match_torch(kwargs, error, match):
-    for cls in (gradstep.ASGD, torch.optim.ASGD):
-        p = torch.nn.Parameter(torch.randn(3))
-        p.grad = torch.randn(3)
-        with pytest.raises(error, match=match):
-            cls([p], **kwargs).step()
+    assert_same_step_error(gradstep.ASGD, torch.optim.ASGD, kwargs, error, match)
 
 
 def test_sparse_gradient_rejected():
-    p = torch.nn.Parameter(torch.randn(3))
-    p.grad = torch.randn(3).to_sparse()
-    with pytest.raises(RuntimeError, match="ASGD does not support sparse gradients"):
-        gradstep.ASGD([p]).step()
+    assert_sparse_gradient_rejected(gradstep.ASGD)
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,13 @@ import itertools
 
 import pytest
 import torch
+from elementwise_checks import assert_capturable_bitwise
 from optim_checks import (
-    assert_capturable_bitwise,
     assert_differentiable,
     assert_same_api,
     assert_same_error,
+    assert_same_step_error,
+    assert_sparse_gradient_rejected,
     assert_traced_rule_matches,
 )
 from parity import assert_parity
@@ -129,18 +131,11 @@ def test_errors_match_torch(kwargs, error, match):
     ],
 )
 def test_step_errors_match_torch(kwargs, error, match):
-    for cls in (gradstep.NAdam, torch.optim.NAdam):
-        p = torch.nn.Parameter(torch.randn(3))
-        p.grad = torch.randn(3)
-        with pytest.raises(error, match=match):
-            cls([p], **kwargs).step()
+    assert_same_step_error(gradstep.NAdam, torch.optim.NAdam, kwargs, error, match)
 
 
 def test_sparse_gradient_rejected():
-    p = torch.nn.Parameter(torch.randn(3))
-    p.grad = torch.randn(3).to_sparse()
-    with pytest.raises(RuntimeError, match="NAdam does not support sparse gradients"):
-        gradstep.NAdam([p]).step()
+    assert_sparse_gradient_rejected(gradstep.NAdam)
 
 
 @pytest.mark.parametrize(
@@ -179,8 +174,8 @@ def test_traced_rule_matches(cfg):
 @pytest.mark.parametrize("kwargs", [{}, dict(lr=torch.tensor(0.01)), dict(weight_decay=0.1, maximize=True),
                                     dict(weight_decay=0.1, decoupled_weight_decay=True)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_capturable_math_bitwise_as_torch(monkeypatch, foreach, kwargs, dtype):
+def test_capturable_math_bitwise_as_torch(foreach, kwargs, dtype):
     """capturable=True on torch's foreach path: its form of the update and the rounding of its
     device-side scalars (mu from step * decay, mu_next from that plus decay)."""
-    assert_capturable_bitwise(monkeypatch, gradstep.NAdam, torch.optim.NAdam,
+    assert_capturable_bitwise(gradstep.NAdam, torch.optim.NAdam,
                               dict(kwargs, foreach=foreach), dtype)

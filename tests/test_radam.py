@@ -4,11 +4,13 @@ import itertools
 
 import pytest
 import torch
+from elementwise_checks import assert_capturable_bitwise
 from optim_checks import (
-    assert_capturable_bitwise,
     assert_differentiable,
     assert_same_api,
     assert_same_error,
+    assert_same_step_error,
+    assert_sparse_gradient_rejected,
     assert_traced_rule_matches,
 )
 from parity import assert_parity
@@ -102,18 +104,11 @@ def test_errors_match_torch(kwargs, error, match):
     ],
 )
 def test_step_errors_match_torch(kwargs, error, match):
-    for cls in (gradstep.RAdam, torch.optim.RAdam):
-        p = torch.nn.Parameter(torch.randn(3))
-        p.grad = torch.randn(3)
-        with pytest.raises(error, match=match):
-            cls([p], **kwargs).step()
+    assert_same_step_error(gradstep.RAdam, torch.optim.RAdam, kwargs, error, match)
 
 
 def test_sparse_gradient_rejected():
-    p = torch.nn.Parameter(torch.randn(3))
-    p.grad = torch.randn(3).to_sparse()
-    with pytest.raises(RuntimeError, match="RAdam does not support sparse gradients"):
-        gradstep.RAdam([p]).step()
+    assert_sparse_gradient_rejected(gradstep.RAdam)
 
 
 @pytest.mark.parametrize(
@@ -182,10 +177,10 @@ def test_float16_underflowing_second_moment_matches_torch():
 @pytest.mark.parametrize("kwargs", [{}, dict(lr=torch.tensor(0.01)), dict(weight_decay=0.1, maximize=True),
                                     dict(weight_decay=0.1, decoupled_weight_decay=True)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_capturable_foreach_math_bitwise_as_torch(monkeypatch, kwargs, dtype):
+def test_capturable_foreach_math_bitwise_as_torch(kwargs, dtype):
     """capturable=True on torch's foreach path (its default on GPUs): the step sizes rounded in
     its order and its reciprocal form of the update, through both phases (10 steps)."""
-    assert_capturable_bitwise(monkeypatch, gradstep.RAdam, torch.optim.RAdam,
+    assert_capturable_bitwise(gradstep.RAdam, torch.optim.RAdam,
                               dict(kwargs, foreach=True), dtype)
 
 

@@ -8,6 +8,8 @@ from optim_checks import (
     assert_differentiable,
     assert_same_api,
     assert_same_error,
+    assert_same_step_error,
+    assert_sparse_gradient_rejected,
     assert_traced_rule_matches,
 )
 from parity import assert_parity
@@ -117,18 +119,11 @@ def test_errors_match_torch(kwargs, error, match):
     ],
 )
 def test_step_errors_match_torch(kwargs, error, match):
-    for cls in (gradstep.Rprop, torch.optim.Rprop):
-        p = torch.nn.Parameter(torch.randn(3))
-        p.grad = torch.randn(3)
-        with pytest.raises(error, match=match):
-            cls([p], **kwargs).step()
+    assert_same_step_error(gradstep.Rprop, torch.optim.Rprop, kwargs, error, match)
 
 
 def test_sparse_gradient_rejected():
-    p = torch.nn.Parameter(torch.randn(3))
-    p.grad = torch.randn(3).to_sparse()
-    with pytest.raises(RuntimeError, match="Rprop does not support sparse gradients"):
-        gradstep.Rprop([p]).step()
+    assert_sparse_gradient_rejected(gradstep.Rprop)
 
 
 @pytest.mark.parametrize("kwargs", [dict(lr=0.9), dict(lr=0.9, maximize=True)], ids=str)
