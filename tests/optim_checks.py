@@ -97,15 +97,6 @@ def assert_traced_rule_matches(rule, cfg, scalars: dict, n_states: int, positive
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def assert_same_step_error(gs_cls, torch_cls, kwargs, error, match):
-    """Both libraries raise ``error`` (message matching ``match``) at the first step."""
-    for cls in (gs_cls, torch_cls):
-        p = torch.nn.Parameter(torch.randn(3))
-        p.grad = torch.randn(3)
-        with pytest.raises(error, match=match):
-            cls([p], **kwargs).step()
-
-
 def assert_sparse_gradient_rejected(gs_cls):
     """A dense-only algorithm refuses a sparse gradient with torch's message."""
     p = torch.nn.Parameter(torch.randn(3))
