@@ -272,6 +272,28 @@ def test_tables_are_cached_per_layout(interpret):
     assert _launches(lists, [0, 1, 2], 16) is not first
 
 
+def test_cached_layouts_follow_a_shrink_in_place(interpret):
+    """Tensors shrunk in place (``t.data = t.data[:k]``: same objects, same addresses) are
+    updated over their new size only, although every cache key but the sizes is unchanged."""
+    cfg = AdamConfig(maximize=False, weight_decay=False, decoupled=False, amsgrad=False)
+    scalars = [SimpleNamespace(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0,
+                               step_size=0.1, bias_correction2_sqrt=1.0)] * 3
+    lists = _adam_rows(3, 2)
+    runner.run_triton(adam_rule, cfg, scalars, lists)
+    whole = [lst[0].data for lst in lists]
+    for lst in lists:
+        lst[0].data = lst[0].data[:5]
+    before = [t.clone() for t in whole]
+    expected = [[t.clone() for t in lst] for lst in lists]
+    run_reference(adam_rule, cfg, scalars, expected)
+    runner.run_triton(adam_rule, cfg, scalars, lists)
+    for x, y in zip(expected, lists):
+        for u, v in zip(x, y):
+            torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
+    for w, b in zip(whole, before):
+        assert torch.equal(w[5:], b[5:])  # beyond the new size: untouched
+
+
 @pytest.mark.parametrize("cls, kwargs", [
     (gradstep.Adam, dict(lr=0.05, weight_decay=0.1)),
     (gradstep.SGD, dict(lr=0.1, momentum=0.9)),
@@ -281,20 +303,29 @@ def test_tables_are_cached_per_layout(interpret):
 ], ids=lambda x: getattr(x, "__name__", ""))
 def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeypatch, cls, kwargs):
     """Groups of CUDA tensors take the steady path (_steady.py) to the Triton runner, exercised
-    here on CPU tensors: same numbers as torch through an lr change, a replaced state tensor and
-    a parameter whose storage moved."""
+    here on CPU tensors: same numbers as torch through an lr change, a replaced state tensor, a
+    parameter whose storage moved, and a parameter and its states shrunk in place (same
+    addresses, fewer elements: the kernel must not walk the old sizes)."""
     from gradstep.algorithms import _steady
 
     monkeypatch.setattr(_steady, "_runs_triton", lambda params: True)
     monkeypatch.setattr(cuda_backend, "_runner", runner.run_triton)
-    steady = []
+    steady, planned = [], []
     real = _steady._execute_triton
     monkeypatch.setattr(_steady, "_execute_triton", lambda *a: steady.append(1) or real(*a))
+    real_planned = runner.run_planned
+    monkeypatch.setattr(runner, "run_planned", lambda *a: planned.append(1) or real_planned(*a))
     base = make_params()
     pa, pb = clone_params(base), clone_params(base)
     oa, ob = cls(pa, **kwargs), _torch_twin(cls)(pb, **kwargs)
     state_key = {"SGD": "momentum_buffer", "ASGD": "ax"}.get(cls.__name__, "exp_avg")
-    for step in range(9):
+    for step in range(11):
+        if step == 8:
+            for o, p in ((oa, pa[2]), (ob, pb[2])):
+                keep = p.numel() // 2
+                for t in [p, *(v for v in o.state[p].values() if v.shape == p.shape)]:
+                    t.data = t.data.view(-1)[:keep]
+            base[2] = base[2].reshape(-1)[:pa[2].numel()]
         for x, y, g in zip(pa, pb, grads_for(base, step)):
             x.grad, y.grad = g.clone(), g.clone()
         if step == 4:
@@ -310,7 +341,7 @@ def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeyp
             oa.step()
         ob.step()
         _compare(oa, ob, pa, pb, torch.float32, f"step {step}")
-    assert len(steady) >= 5
+    assert len(steady) >= 6 and len(planned) >= 6
 
 
 def test_scalar_changes_do_not_regenerate(interpret):

@@ -18,7 +18,9 @@ kernel, tensor layouts and element offsets). The next step only
   and makes the kernel call (on CUDA: the Triton runner, which caches its work lists).
 
 Any check that fails sends the group down the generic path, which rebuilds the plan. All checks
-run before anything is changed, so an error still leaves every group untouched.
+run before anything is changed, so an error still leaves every group untouched. Not noticed: a
+``.data`` assignment that keeps a tensor's address and size but changes its strides or dtype
+(``t.data = t.data.t()``): checking strides and dtypes too would cost as much again per tensor.
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ _MAX_BACKOFF = 1024
 
 class _Plan:
     __slots__ = ("group", "params", "flags", "cfg", "keys", "dtypes", "key", "ptrs", "offsets",
-                 "step_ptrs", "step_fn", "launch", "failures", "skip")
+                 "step_ptrs", "step_fn", "launch", "rows", "failures", "skip")
 
     def __init__(self, group):
         self.group = group
         self.failures = 0
         self.skip = 0
         self.params = None  # None: no usable plan (see ``remember``)
-        self.launch = None  # the CUDA runner, for a group of CUDA tensors
+        self.launch = None  # the CUDA runner module, for a group of CUDA tensors
+        self.rows = None  # the runner's checked rows (None: the runner checks every step)
+        self.step_fn = None  # the native incrementer of CPU step counters (else torch ops)
 
 
 def _runs_triton(params: list) -> bool:
@@ -75,13 +79,12 @@ def _eligible_class(opt) -> bool:
     return False
 
 
-def _gather(opt, group, plan_keys, triton: bool = False):
+def _gather(opt, group, plan_keys):
     """Per-step inputs of a group, or None when the steady state does not hold.
 
-    The last item is what a plan must find unchanged. A CPU plan caches data pointers and
-    offsets, so it checks all of them; the Triton runner reads every tensor afresh each step
-    (and caches its own work lists under their addresses), so a Triton plan checks only that
-    no parameter's storage moved (``p.data = ...``, possibly to another device).
+    The last item is what a plan must find unchanged: the data pointers and element counts
+    its kernel calls (and the runner's cached work lists) were built for, and the identities
+    of the state tensors (so a replaced state is noticed even at a reused address).
     """
     params = group["params"]
     grads = [p.grad for p in params]
@@ -98,8 +101,6 @@ def _gather(opt, group, plan_keys, triton: bool = False):
         counters = list(map(itemgetter("step"), sts)) if opt.counts_steps else []
     except KeyError:
         return None
-    if triton:
-        return params, grads, sts, cols, counters, list(map(_data_ptr, params))
     flat = list(chain(*cols))
     key = (
         list(map(_data_ptr, params)),
@@ -128,30 +129,45 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
         return None
     if group.get("fused") and (getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None):
         return None
-    gathered = _gather(opt, group, plan.keys, plan.launch is not None)
+    gathered = _gather(opt, group, plan.keys)
     if gathered is None or gathered[5] != plan.key:
         return None
     _, grads, sts, cols, counters, _ = gathered
-    if plan.launch is not None:
-        return lambda: _execute_triton(opt, group, plan, grads, sts, cols, counters)
     try:
-        gptrs = array("Q", map(_data_ptr, grads))
+        gptrs = list(map(_data_ptr, grads))
     except RuntimeError:  # no storage
         return None
-    return lambda: _execute(opt, group, plan, grads, gptrs, sts, cols)
+    if plan.launch is not None:
+        return lambda: _execute_triton(opt, group, plan, grads, gptrs, sts, cols, counters)
+    return lambda: _execute(opt, group, plan, grads, array("Q", gptrs), sts, cols, counters)
 
 
-def _execute_triton(opt, group, plan: _Plan, grads, sts, cols, counters) -> None:
-    values = increment_steps(counters) if opt.counts_steps else None
-    scalars = opt._scalars_for_steps(group, values, sts)
+def _advance(opt, group, plan: _Plan, sts, counters) -> list:
+    """Increment the group's step counters; its per-step scalars."""
+    if not opt.counts_steps:
+        values = None
+    elif plan.step_fn is not None:
+        values = steps.increment_ptrs(plan.step_fn, plan.step_ptrs)
+    else:
+        values = increment_steps(counters)
+    return opt._scalars_for_steps(group, values, sts)
+
+
+def _execute_triton(opt, group, plan: _Plan, grads, gptrs, sts, cols, counters) -> None:
+    scalars = _advance(opt, group, plan, sts, counters)
     cfg = opt._refine_config(plan.cfg, scalars)
-    plan.launch(type(opt).rule, cfg, scalars, [plan.params, grads, *cols])
-
-
-def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols) -> None:
+    tensors = [plan.params, grads, *cols]
+    if plan.rows is None:
+        plan.launch.run_triton(type(opt).rule, cfg, scalars, tensors)
+        return
     n = len(plan.params)
-    values = steps.increment_ptrs(plan.step_fn, plan.step_ptrs) if opt.counts_steps else None
-    scalars = opt._scalars_for_steps(group, values, sts)
+    ptrs = [plan.key[0], gptrs, *(plan.key[2][i * n:(i + 1) * n] for i in range(len(cols)))]
+    plan.launch.run_planned(type(opt).rule, cfg, scalars, tensors, ptrs, plan.rows)
+
+
+def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols, counters) -> None:
+    n = len(plan.params)
+    scalars = _advance(opt, group, plan, sts, counters)
     names = tuple(vars(scalars[0]))
     rule = type(opt).rule
     cfg = opt._refine_config(plan.cfg, scalars)
@@ -198,14 +214,18 @@ def _build(opt, group, params, plan: _Plan) -> bool:
     if not fused and not defaults_to_fused(params[0]):
         return False
     keys = tuple(opt._state_keys(group))
-    plan.launch = None
-    triton = _runs_triton(params)
-    gathered = _gather(opt, group, keys, triton)
+    plan.launch = plan.rows = plan.step_fn = None
+    gathered = _gather(opt, group, keys)
     if gathered is None:
         return False
-    if triton:
-        return _build_triton(opt, group, params, plan, keys, gathered)
     _, grads, sts, cols, counters, key = gathered
+    if counters and counters[0].is_cpu:
+        sd = counters[0].dtype
+        if all(c.is_cpu and c.dtype is sd and c.numel() == 1 for c in counters):
+            plan.step_fn = steps.function(sd)
+            plan.step_ptrs = array("Q", key[4])
+    if _runs_triton(params):
+        return _build_triton(opt, group, params, plan, keys, gathered)
     if dtype not in runner.DTYPES or not all(p.is_cpu for p in params):
         return False
     for lst in cols:
@@ -214,14 +234,8 @@ def _build(opt, group, params, plan: _Plan) -> bool:
             return False
     if not all(runner._row_layout([p, *(lst[i] for lst in cols)]) is True for i, p in enumerate(params)):
         return False
-    if counters:
-        sd = counters[0].dtype
-        if not all(c.is_cpu and c.dtype is sd and c.numel() == 1 for c in counters):
-            return False
-        plan.step_fn = steps.function(sd)
-        if plan.step_fn is None:
-            return False
-        plan.step_ptrs = array("Q", key[4])
+    if counters and plan.step_fn is None:
+        return False
     offsets = array("q", [0])
     for n in key[1]:
         offsets.append(offsets[-1] + n)
@@ -233,18 +247,22 @@ def _build(opt, group, params, plan: _Plan) -> bool:
 
 
 def _build_triton(opt, group, params, plan: _Plan, keys, gathered) -> bool:
-    """A plan for a group of CUDA tensors on one device: the Triton runner checks layouts and
-    caches its work lists itself, so the plan only remembers what ``prepare`` checks."""
+    """A plan for a group of CUDA tensors on one device. Where every row runs in the kernel,
+    the runner's checks are done once here (``plan.rows``) and each step hands it the pointers
+    ``prepare`` read; otherwise the runner checks the rows itself every step."""
     from ..backends.cuda import cuda_runner
 
     device = params[0].device
     if not all(p.device == device for p in params):
         return False
-    launch = cuda_runner()
-    if launch is None:
+    if cuda_runner() is None:
         return False
-    _settle(opt, group, plan, keys, gathered[5])
-    plan.launch = launch
+    from ..backends.cuda import runner as triton_runner
+
+    _, grads, _, cols, _, key = gathered
+    _settle(opt, group, plan, keys, key)
+    plan.launch = triton_runner
+    plan.rows = triton_runner.plan_rows([params, grads, *cols])
     return True
 
 

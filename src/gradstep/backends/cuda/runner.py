@@ -103,9 +103,11 @@ def _check(lists: list[list[torch.Tensor]]) -> _Layout:
 
 
 def _placement(tensors, ptrs) -> tables.HashedKey:
-    """The identities and addresses of the params and states (not the gradients)."""
+    """The identities and addresses of the params and states (not the gradients), and the
+    params' sizes (a view can shrink at the same address)."""
     return tables.HashedKey(tuple(chain(*(map(id, lst) for i, lst in enumerate(tensors) if i != 1),
-                                        *(p for i, p in enumerate(ptrs) if i != 1))))
+                                        *(p for i, p in enumerate(ptrs) if i != 1),
+                                        map(_numel, tensors[0]))))
 
 
 def _layout(key: tables.HashedKey, lists) -> _Layout:
@@ -174,11 +176,45 @@ def run_triton(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.Tens
     if fallback:
         run_foreach(rule, cfg, [scalars[i] for i in fallback],
                     [[lst[i] for i in fallback] for lst in tensors])
-    if not rows:
-        return
+    if rows:
+        _launch(rule, cfg, scalars, lists, ptrs, rows, layout.numels, placement)
+
+
+@dataclass
+class Rows:
+    """A group's parameters and states, checked once for the steady path (``_steady.py``):
+    every row runs in the kernel, under ``placement``. Valid while the caller sees the same
+    tensors at the same addresses with the same numels, and contiguous gradients."""
+
+    placement: tables.HashedKey
+    numels: list[int]
+    rows: list[int]
+
+
+def plan_rows(tensors: list[list[torch.Tensor]]) -> Rows | None:
+    """``Rows`` for ``tensors`` (``[params, grads, *states]``), or None when some row needs the
+    foreach backend or the parameters are complex (those keep to ``run_triton``)."""
+    if tensors[0][0].is_complex():
+        return None
+    ptrs = [list(map(_data_ptr, lst)) for lst in tensors]
+    layout = _check(tensors)
+    if layout.bad:
+        return None
+    return Rows(_placement(tensors, ptrs), layout.numels, layout.ok)
+
+
+def run_planned(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.Tensor]],
+                ptrs: list[list[int]], rows: Rows) -> None:
+    """``run_triton`` for a steady group: the caller has checked ``rows`` still holds and read
+    every role's data pointers (``ptrs``, in the order of ``tensors``)."""
+    _launch(rule, cfg, scalars, tensors, ptrs, rows.rows, rows.numels, rows.placement)
+
+
+def _launch(rule, cfg, scalars, lists, ptrs, rows, numels, placement) -> None:
+    """Launch the kernel over ``rows`` of ``lists`` (all checked: see ``_check``)."""
     names = tuple(vars(scalars[0]))
     n_states = len(lists) - 2
-    sub = [scalars[r] for r in rows] if fallback else scalars
+    sub = [scalars[r] for r in rows] if len(rows) != len(scalars) else scalars
     modes = _modes(sub, names, lists[0][rows[0]].device)
     spec = KernelSpec(
         tuple(_dtype_name(lst[rows[0]].dtype) for lst in lists),
@@ -189,7 +225,7 @@ def run_triton(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.Tens
     f_names = [name for name, mode, _ in modes if mode == "f"]
     for part_rows, f_values in _partitions(scalars, rows, f_names):
         f_args = dict(zip(f_names, f_values))
-        for launch in tables.launches(lists, part_rows, BLOCK * PER_PROGRAM, ptrs, layout.numels,
+        for launch in tables.launches(lists, part_rows, BLOCK * PER_PROGRAM, ptrs, numels,
                                       placement):
             args = []
             for name, mode, _ in modes:
