@@ -9,8 +9,15 @@ is replaced by a no-op. It prints the median time per step and per tensor, for t
     python benchmarks/host_overhead.py                 # Adam SGD ASGD NAdam, 5000 tensors
     python benchmarks/host_overhead.py AdamW -n 2000 --generic
 
-The numbers are for this machine's CPU: compare them with each other (before/after a change),
-not with GPU timings.
+With ``--torch``, torch.optim's fused optimizers (Adam, AdamW, SGD, Adagrad) are measured the
+same way in the same run: their kernels (``torch._fused_adam_`` and kin) and their step-counter
+increment (``torch._foreach_add_``, a multi-tensor launch on CUDA but a slow per-tensor loop on
+the CPU) are replaced by no-ops, so what remains is their Python and C++ host work per step.
+The ratio estimates the small-set target of the CUDA backend (fused at least as fast as torch's
+fused) where the step is bound by host work.
+
+The numbers are for this machine's CPU: compare them with each other (before/after a change,
+gradstep against torch), not with GPU timings.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from gradstep.backends.cuda import runner
 
 SHAPES = [(64,), (64, 64), (256,), (128, 32)]
 FUSED_FLAG = {"Adam", "AdamW", "SGD", "Adagrad"}
+#: torch's fused kernels and counter increment, stubbed out for ``--torch`` (see the docstring)
+TORCH_HOST_ONLY = ("_fused_adam_", "_fused_adamw_", "_fused_sgd_", "_fused_adagrad_", "_foreach_add_")
 
 
 class _NoLaunch:
@@ -46,13 +55,13 @@ def route_cpu_tensors_to_the_cuda_path(generic: bool) -> None:
         _steady.remember = lambda *args: None
 
 
-def measure(name: str, n: int, repeats: int = 15) -> float:
-    """Median seconds per step of ``name`` over ``n`` small tensors."""
+def measure(name: str, n: int, repeats: int = 15, package=gradstep) -> float:
+    """Median seconds per step of ``package.name`` over ``n`` small tensors."""
     params = [torch.zeros(SHAPES[i % len(SHAPES)], requires_grad=True) for i in range(n)]
     kwargs = dict(fused=True) if name in FUSED_FLAG else {}
     if name == "SGD":
         kwargs["momentum"] = 0.9
-    opt = getattr(gradstep, name)(params, lr=1e-3, **kwargs)
+    opt = getattr(package, name)(params, lr=1e-3, **kwargs)
     for p in params:
         p.grad = torch.zeros_like(p)
     opt.step()
@@ -70,11 +79,29 @@ def main() -> None:
     parser.add_argument("names", nargs="*", default=["Adam", "SGD", "ASGD", "NAdam"])
     parser.add_argument("-n", type=int, default=5000, help="tensors per group")
     parser.add_argument("--generic", action="store_true", help="disable the steady path")
+    parser.add_argument("--torch", action="store_true",
+                        help="also measure torch.optim's fused host work (kernels stubbed out)")
     args = parser.parse_args()
     route_cpu_tensors_to_the_cuda_path(args.generic)
     for name in args.names:
         t = measure(name, args.n)
-        print(f"{name:8s} n={args.n}: {t * 1e3:7.2f} ms/step  {t / args.n * 1e6:5.2f} us/tensor")
+        line = f"{name:8s} n={args.n}: {t * 1e3:7.2f} ms/step  {t / args.n * 1e6:5.2f} us/tensor"
+        if args.torch and name in FUSED_FLAG:
+            ref = measure_torch_fused(name, args.n)
+            line += f"   torch fused {ref / args.n * 1e6:5.2f} us/tensor  (gradstep/torch {t / ref:4.2f})"
+        print(line)
+
+
+def measure_torch_fused(name: str, n: int) -> float:
+    """``measure`` of torch.optim's fused ``name`` with its kernels stubbed out."""
+    saved = {attr: getattr(torch, attr) for attr in TORCH_HOST_ONLY}
+    try:
+        for attr in TORCH_HOST_ONLY:
+            setattr(torch, attr, lambda *args, **kwargs: None)
+        return measure(name, n, package=torch.optim)
+    finally:
+        for attr, fn in saved.items():
+            setattr(torch, attr, fn)
 
 
 if __name__ == "__main__":
