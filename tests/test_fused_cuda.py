@@ -223,6 +223,25 @@ def test_interpreted_tensor_scalars(interpret):
             torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
 
 
+def test_streaming_cache_hints_keep_the_numbers(interpret, monkeypatch):
+    """The launch-shape sweep's cache-hint variant prints the hints and computes the same."""
+    monkeypatch.setattr(runner, "STREAM", True)
+    cfg = AdamConfig(maximize=False, weight_decay=True, decoupled=True, amsgrad=True)
+    scalars = [SimpleNamespace(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
+                               step_size=0.2, bias_correction2_sqrt=0.5)] * 4
+    a = _adam_rows(4, 5) + [[torch.rand(t.shape) for t in _adam_rows(4, 6)[0]]]
+    b = [[t.clone() for t in lst] for lst in a]
+    run_reference(adam_rule, cfg, scalars, a)
+    runner.run_triton(adam_rule, cfg, scalars, b)
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
+    spec = runner.KernelSpec(("float32",) * 5, tuple((n, "f", "float64") for n in NAMES), True, True)
+    source = runner.kernel_source(adam_rule, cfg, NAMES, 3, spec)
+    assert source.count('eviction_policy="evict_first"') == 2 * 5  # full and masked blocks
+    assert source.count('cache_modifier=".cs"') == 2 * 4
+
+
 def test_interpreted_unaligned_noncontiguous_and_partitions(interpret):
     """Unaligned rows get their own launch, non-contiguous rows fall back to foreach, and rows
     with different numeric scalars run as separate partitions; all match the reference."""

@@ -172,32 +172,35 @@ def format_row(row) -> str:
             f"t-fe/gs {ratio('torch foreach', 'gradstep')} | copy-bw {frac}")
 
 
-SWEEP = ((1024, 1, 4), (512, 1, 4), (512, 1, 2), (1024, 1, 8), (1024, 2, 4), (1024, 4, 4),
-         (512, 4, 4), (2048, 1, 8))
+#: (BLOCK, PER_PROGRAM, num_warps, streaming cache hints); the first is the default
+SWEEP = ((1024, 2, 4, False), (1024, 2, 4, True), (512, 1, 2, False), (512, 1, 2, True),
+         (512, 1, 4, False), (1024, 1, 8, True), (1024, 4, 4, True), (2048, 1, 8, True))
 
 
 def sweep(params, repeats, copy_bw, configs=SWEEP):
-    """Adam on the large set with several launch shapes (BLOCK, PER_PROGRAM, num_warps); the
-    fastest is kept for the rest of the run."""
+    """Adam on the large set with several launch shapes and cache hints; the fastest is kept
+    for the rest of the run. The default shape runs first and again last, so a drift of the
+    machine during the sweep shows."""
     from gradstep.backends.cuda import runner
 
     numel = sum(p.numel() for p in params)
     out = []
-    for block, per, warps in configs:
-        runner.BLOCK, runner.PER_PROGRAM, runner.NUM_WARPS = block, per, warps
+    for block, per, warps, stream in (*configs, configs[0]):
+        runner.BLOCK, runner.PER_PROGRAM, runner.NUM_WARPS, runner.STREAM = block, per, warps, stream
         opt = gradstep.Adam(params, fused=True)
         t = time_steps(opt, repeats)
         moved = bytes_per_step(opt, numel)
-        out.append({"block": block, "per_program": per, "warps": warps, "seconds": t,
-                    "fraction_of_copy": moved / t / copy_bw})
-        print(f"sweep BLOCK={block:5} PER_PROGRAM={per} warps={warps}: {t * 1e3:.3f} ms, "
-              f"{moved / t / copy_bw * 100:.1f}% of copy bandwidth", flush=True)
+        out.append({"block": block, "per_program": per, "warps": warps, "stream": stream,
+                    "seconds": t, "fraction_of_copy": moved / t / copy_bw})
+        print(f"sweep BLOCK={block:5} PER_PROGRAM={per} warps={warps} stream={stream:d}: "
+              f"{t * 1e3:.3f} ms, {moved / t / copy_bw * 100:.1f}% of copy bandwidth", flush=True)
         del opt
         gc.collect()
     best = min(out, key=lambda r: r["seconds"])
-    runner.BLOCK, runner.PER_PROGRAM, runner.NUM_WARPS = best["block"], best["per_program"], best["warps"]
-    print(f"using BLOCK={runner.BLOCK} PER_PROGRAM={runner.PER_PROGRAM} warps={runner.NUM_WARPS}",
-          flush=True)
+    runner.BLOCK, runner.PER_PROGRAM, runner.NUM_WARPS, runner.STREAM = (
+        best["block"], best["per_program"], best["warps"], best["stream"])
+    print(f"using BLOCK={runner.BLOCK} PER_PROGRAM={runner.PER_PROGRAM} warps={runner.NUM_WARPS} "
+          f"stream={runner.STREAM:d}", flush=True)
     return out
 
 
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         if row is not None:
             result["rows"].append(row)
         result["launch_shape"] = dict(block=runner.BLOCK, per_program=runner.PER_PROGRAM,
-                                      warps=runner.NUM_WARPS)
+                                      warps=runner.NUM_WARPS, stream=runner.STREAM)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)

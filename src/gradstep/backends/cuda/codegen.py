@@ -44,6 +44,9 @@ class KernelSpec:
     dtypes: tuple[str, ...]  # storage dtype name per tensor input (p, g, states...)
     scalar_modes: tuple[tuple[str, str, str], ...]  # (name, mode "f"/"s"/"v", dtype name)
     interpret: bool = False  # Triton's CPU interpreter lacks libdevice
+    #: streaming cache hints: every element is read and written once, so loads may be evicted
+    #: first and stores bypass the caches (``.cs``); a tuning choice (benchmarks/bench_cuda.py)
+    stream: bool = False
 
     @property
     def compute(self) -> str:
@@ -273,7 +276,7 @@ class _Printer:
         used = self._used_inputs()
         for pos in sorted(used):
             dt = self._tl(self.ct)
-            lines.append(f"x{pos} = tl.load(p{pos} + offs{mask}).to({dt})")
+            lines.append(f"x{pos} = tl.load(p{pos} + offs{mask}{self._load_hint}).to({dt})")
         for n in self.graph.nodes:
             if not n.is_tensor or n.op == "input":
                 continue
@@ -293,12 +296,20 @@ class _Printer:
             value = self.expr[out.index]
             if not out.is_tensor:
                 value = f"(tl.zeros([BLOCK], {self._tl(self.ct)}) + {self._tensor_operand(out)})"
-            lines.append(f"tl.store(p{pos} + offs, {self._store_cast(value, pos)}{mask})")
+            lines.append(f"tl.store(p{pos} + offs, {self._store_cast(value, pos)}{mask}{self._store_hint})")
         # rename per-block values of input nodes back for the next printing
         for n in self.graph.nodes:
             if n.is_tensor and n.op != "input":
                 self.expr[n.index] = f"v{n.index}"
         return lines
+
+    @property
+    def _load_hint(self) -> str:
+        return ', eviction_policy="evict_first"' if self.spec.stream else ""
+
+    @property
+    def _store_hint(self) -> str:
+        return ', cache_modifier=".cs"' if self.spec.stream else ""
 
     def _store_cast(self, value: str, pos: int) -> str:
         dtype = self.spec.dtypes[pos]

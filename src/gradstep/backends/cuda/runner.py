@@ -32,6 +32,8 @@ from .loader import load_source
 BLOCK = int(os.environ.get("GRADSTEP_TRITON_BLOCK", "1024"))
 PER_PROGRAM = int(os.environ.get("GRADSTEP_TRITON_PER_PROGRAM", "2"))
 NUM_WARPS = int(os.environ.get("GRADSTEP_TRITON_WARPS", "4"))
+#: streaming cache hints on the kernels' loads and stores (off until measured better on a GPU)
+STREAM = os.environ.get("GRADSTEP_TRITON_STREAM", "0") == "1"
 
 _GRAPHS: dict[tuple, Graph] = {}
 _KERNELS: dict[tuple, Any] = {}
@@ -220,6 +222,7 @@ def _launch(rule, cfg, scalars, lists, ptrs, rows, numels, placement) -> None:
         tuple(_dtype_name(lst[rows[0]].dtype) for lst in lists),
         modes,
         os.environ.get("TRITON_INTERPRET") == "1",
+        STREAM,
     )
     kernel = _kernel(rule, cfg, names, n_states, spec)
     f_names = [name for name, mode, _ in modes if mode == "f"]
