@@ -9,6 +9,11 @@ is replaced by a no-op. It prints the median time per step and per tensor, for t
     python benchmarks/host_overhead.py                 # Adam SGD ASGD NAdam, 5000 tensors
     python benchmarks/host_overhead.py AdamW -n 2000 --generic
 
+Step counters of CPU tensors live on the CPU, as those of CUDA parameters do by default. With
+``--device-counters`` they are treated as device counters (``fused=True`` on CUDA: mirrored on the
+host, advanced by one ``torch._foreach_add_``); the time of that multi-tensor add, one launch on
+CUDA but a slow per-tensor loop here, is measured separately and left out.
+
 With ``--torch``, torch.optim's fused optimizers (Adam, AdamW, SGD, Adagrad) are measured the
 same way in the same run: their kernels (``torch._fused_adam_`` and kin) and their step-counter
 increment (``torch._foreach_add_``, a multi-tensor launch on CUDA but a slow per-tensor loop on
@@ -30,7 +35,7 @@ import torch
 
 import gradstep
 import gradstep.backends as backends
-from gradstep.algorithms import _steady
+from gradstep.algorithms import _host_mirror, _steady, _steps
 from gradstep.backends import cuda as cuda_backend
 from gradstep.backends.cuda import runner
 
@@ -55,8 +60,32 @@ def route_cpu_tensors_to_the_cuda_path(generic: bool) -> None:
         _steady.remember = lambda *args: None
 
 
+class _TimedAdd:
+    """``torch._foreach_add_`` with its time accumulated (``--device-counters``)."""
+
+    def __init__(self):
+        self.real, self.seconds = torch._foreach_add_, 0.0
+        self.__name__ = self.real.__name__  # torch._dynamo looks torch's functions up by name
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.real(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def treat_counters_as_device_counters() -> _TimedAdd:
+    _steps._reads_are_cheap = lambda steps: False
+    _host_mirror.NATIVE_CPU = False
+    _steady.steps.function = lambda dtype: None
+    timed = torch._foreach_add_ = _TimedAdd()
+    return timed
+
+
 def measure(name: str, n: int, repeats: int = 15, package=gradstep) -> float:
-    """Median seconds per step of ``package.name`` over ``n`` small tensors."""
+    """Median seconds per step of ``package.name`` over ``n`` small tensors (less the time in
+    ``torch._foreach_add_`` when that is timed, see ``--device-counters``)."""
     params = [torch.zeros(SHAPES[i % len(SHAPES)], requires_grad=True) for i in range(n)]
     kwargs = dict(fused=True) if name in FUSED_FLAG else {}
     if name == "SGD":
@@ -67,10 +96,13 @@ def measure(name: str, n: int, repeats: int = 15, package=gradstep) -> float:
     opt.step()
     opt.step()
     times = []
+    timed = torch._foreach_add_ if isinstance(torch._foreach_add_, _TimedAdd) else None
     for _ in range(repeats):
+        excluded = timed.seconds if timed else 0.0
         start = time.perf_counter()
         opt.step()
-        times.append(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        times.append(elapsed - (timed.seconds - excluded if timed else 0.0))
     return statistics.median(times)
 
 
@@ -79,10 +111,14 @@ def main() -> None:
     parser.add_argument("names", nargs="*", default=["Adam", "SGD", "ASGD", "NAdam"])
     parser.add_argument("-n", type=int, default=5000, help="tensors per group")
     parser.add_argument("--generic", action="store_true", help="disable the steady path")
+    parser.add_argument("--device-counters", action="store_true",
+                        help="treat step counters as device counters (fused=True on CUDA)")
     parser.add_argument("--torch", action="store_true",
                         help="also measure torch.optim's fused host work (kernels stubbed out)")
     args = parser.parse_args()
     route_cpu_tensors_to_the_cuda_path(args.generic)
+    if args.device_counters:
+        treat_counters_as_device_counters()
     for name in args.names:
         t = measure(name, args.n)
         line = f"{name:8s} n={args.n}: {t * 1e3:7.2f} ms/step  {t / args.n * 1e6:5.2f} us/tensor"
@@ -94,7 +130,7 @@ def main() -> None:
 
 def measure_torch_fused(name: str, n: int) -> float:
     """``measure`` of torch.optim's fused ``name`` with its kernels stubbed out."""
-    saved = {attr: getattr(torch, attr) for attr in TORCH_HOST_ONLY}
+    saved = {attr: getattr(torch, attr) for attr in TORCH_HOST_ONLY}  # (a _TimedAdd too)
     try:
         for attr in TORCH_HOST_ONLY:
             setattr(torch, attr, lambda *args, **kwargs: None)

@@ -23,12 +23,28 @@ import torch
 
 from ..backends.cpu.steps import load_cpu, store_cpu
 
-_MIRROR: OrderedDict[tuple, tuple[list[torch.Tensor], tuple, list[float]]] = OrderedDict()
 _LISTS = 256
 #: read and write CPU tensors natively instead of mirroring them (tests turn this off to
 #: exercise the mirror, which device tensors use, on CPU tensors)
 NATIVE_CPU = True
 _version = operator.attrgetter("_version")
+#: float32 holds every integer up to 2**24, float64 up to 2**53 (counting past that reads)
+_EXACT = {torch.float32: 2.0**24, torch.float64: 2.0**53}
+
+
+class _Entry:
+    """What a list of tensors held after our last write: values, and version numbers."""
+
+    __slots__ = ("tensors", "versions", "values", "exact")
+
+    def __init__(self, tensors: list[torch.Tensor], versions: tuple, values: list[float]):
+        self.tensors = list(tensors)  # held, so that their ids are not reused
+        self.versions = versions
+        self.values = list(values)
+        self.exact = min(_EXACT.get(dtype, 0.0) for dtype in {t.dtype for t in tensors})
+
+
+_MIRROR: OrderedDict[tuple, _Entry] = OrderedDict()
 
 
 def read_device(tensors: list[torch.Tensor]) -> list[float]:
@@ -45,6 +61,15 @@ def _versions(tensors: list[torch.Tensor]) -> tuple | None:
         return None
 
 
+def _entry(tensors: list[torch.Tensor]) -> tuple[tuple, _Entry | None]:
+    """The tensors' key and their entry, if nobody else wrote them since (else None)."""
+    key = tuple(map(id, tensors))
+    entry = _MIRROR.get(key)
+    if entry is not None and entry.versions != _versions(tensors):
+        entry = None
+    return key, entry
+
+
 def values(tensors: list[torch.Tensor]) -> list[float]:
     """The values of ``tensors``: from the mirror if nobody else wrote them, else read.
 
@@ -53,9 +78,9 @@ def values(tensors: list[torch.Tensor]) -> list[float]:
     found = load_cpu(tensors) if NATIVE_CPU else None
     if found is not None:
         return found
-    entry = _MIRROR.get(tuple(map(id, tensors)))
-    if entry is not None and entry[1] == _versions(tensors):
-        return list(entry[2])
+    _, entry = _entry(tensors)
+    if entry is not None:
+        return list(entry.values)
     found = read_device(tensors)
     record(tensors, found)
     return found
@@ -66,11 +91,36 @@ def record(tensors: list[torch.Tensor], new_values: list[float]) -> None:
     versions = _versions(tensors)
     if versions is None:
         return
-    key = tuple(map(id, tensors))
-    _MIRROR[key] = (list(tensors), versions, list(new_values))
+    _remember(tuple(map(id, tensors)), _Entry(tensors, versions, new_values))
+
+
+def _remember(key: tuple, entry: _Entry) -> None:
+    _MIRROR[key] = entry
     _MIRROR.move_to_end(key)
     if len(_MIRROR) > _LISTS:
         _MIRROR.popitem(last=False)
+
+
+def add_one(tensors: list[torch.Tensor]) -> list[float]:
+    """Add one to every tensor (one multi-tensor op) and return the new values, from the mirror
+    while they stay exact in the tensors' dtype (else read back).
+
+    A steady loop reads the tensors' ids and versions once: the add bumps every version by one,
+    so the entry is advanced without reading them again (were a tensor listed twice, its version
+    would not match at the next call, which then reads)."""
+    key, entry = _entry(tensors)
+    if entry is None:
+        versions = _versions(tensors)
+        entry = _Entry(tensors, versions, read_device(tensors)) if versions is not None else None
+    torch._foreach_add_(tensors, 1)
+    if entry is None or max(entry.values) + 1 >= entry.exact:
+        found = read_device(tensors)
+        record(tensors, found)
+        return found
+    entry.values = [v + 1 for v in entry.values]
+    entry.versions = tuple(map((1).__add__, entry.versions))
+    _remember(key, entry)
+    return list(entry.values)
 
 
 def store(tensors: list[torch.Tensor], new_values: list[float]) -> list[float]:

@@ -13,9 +13,6 @@ import torch
 from ..backends.cpu.steps import increment_cpu
 from . import _host_mirror
 
-# float32 counts integers exactly up to 2**24, float64 up to 2**53; beyond, read the device.
-_EXACT = {torch.float32: 2.0**24, torch.float64: 2.0**53}
-
 
 def _reads_are_cheap(steps: list[torch.Tensor]) -> bool:
     return steps[0].device.type == "cpu"
@@ -29,12 +26,4 @@ def increment(steps: list[torch.Tensor]) -> list[float]:
             return values
         torch._foreach_add_(steps, 1)
         return [s.item() for s in steps]
-    values = _host_mirror.values(steps)
-    torch._foreach_add_(steps, 1)
-    exact = min(_EXACT.get(dtype, 0.0) for dtype in {s.dtype for s in steps})
-    if max(values) + 1 < exact:
-        values = [v + 1 for v in values]
-        _host_mirror.record(steps, values)
-    else:
-        values = _host_mirror.read_device(steps)
-    return values
+    return _host_mirror.add_one(steps)
