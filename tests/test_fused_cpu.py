@@ -382,7 +382,7 @@ def _steady_run(kwargs, steps=8, mutate=None, name="Adam"):
     return _snapshot(params, opt)
 
 
-def test_steady_state_path_is_taken_and_bitwise_equal_to_the_generic_path(monkeypatch):
+def test_steady_state_path_is_taken_and_bitwise_equal_to_the_generic_path(monkeypatch, steady_check):
     from gradstep.algorithms import _steady
 
     taken = []
@@ -430,13 +430,13 @@ def _noncontiguous_grad(step, opt, params):
 
 @pytest.mark.parametrize("mutate", [_replace_state, _swap_param_data, _change_options, _drop_grads,
                                     _noncontiguous_grad])
-def test_steady_state_notices_changes(mutate):
+def test_steady_state_notices_changes(mutate, steady_check):
     got = _steady_run(dict(lr=0.01), mutate=mutate)
     want = _steady_run(dict(lr=0.01, foreach=False), mutate=mutate)
     _assert_close(got, want, torch.float32)
 
 
-def test_steady_state_checks_before_updating_anything():
+def test_steady_state_checks_before_updating_anything(steady_check):
     params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(6, 3))]
     opt = gradstep.Adam([{"params": [params[0]]}, {"params": [params[1]]}], lr=0.1)
     for _ in range(3):
@@ -448,6 +448,70 @@ def test_steady_state_checks_before_updating_anything():
     with pytest.raises(RuntimeError, match="does not support sparse gradients"):
         opt.step()
     _assert_equal([p.detach() for p in params], before)
+
+
+def _shrink(opt, params):
+    p = params[0]
+    for t in [p, *(v for v in opt.state[p].values() if v.shape == p.shape)]:
+        t.data = t.data.view(-1)[:3]
+    p.grad = torch.zeros(3)
+
+
+def _new_state_dict_same_tensors(opt, params):
+    opt.state[params[1]] = dict(opt.state[params[1]])
+
+
+def _sparse_grad(opt, params):
+    params[1].grad = torch.sparse_coo_tensor([[0, 2]], torch.ones(2), (4,))
+
+
+# each: (what changes, whether the group is still steady)
+CHECK_CASES = [
+    (lambda opt, ps: None, True),
+    (lambda opt, ps: [setattr(p, "grad", p.grad.clone()) for p in ps], True),  # new gradients
+    (_new_state_dict_same_tensors, True),
+    (lambda opt, ps: setattr(opt, "state", type(opt.state)(dict, opt.state)), True),
+    (lambda opt, ps: setattr(ps[2], "grad", None), False),
+    (lambda opt, ps: setattr(ps[0], "grad", torch.zeros(5, 3).t()), False),
+    (_sparse_grad, False),
+    (lambda opt, ps: opt.state[ps[1]].__setitem__("exp_avg", opt.state[ps[1]]["exp_avg"].clone()), False),
+    (lambda opt, ps: opt.state[ps[2]].__setitem__("step", opt.state[ps[2]]["step"].clone()), False),
+    (lambda opt, ps: setattr(opt.state[ps[1]]["exp_avg_sq"], "data", torch.zeros(4)), False),
+    (lambda opt, ps: setattr(ps[1], "data", ps[1].data.clone()), False),
+    (_shrink, False),
+    (lambda opt, ps: opt.state.pop(ps[2]), False),
+    (lambda opt, ps: opt.state[ps[0]].pop("exp_avg"), False),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CHECK_CASES)))
+def test_native_and_python_checks_agree(case, monkeypatch):
+    """The steady path's per-step check gives the same answer in C++ and in Python: the same
+    state dicts, step counters and gradient addresses, or both "changed"."""
+    from gradstep.algorithms import _steady, _steady_native
+
+    native = _steady_native.wait()
+    if native is None:
+        pytest.skip("the native steady-state check could not be built here")
+    mutate, steady = CHECK_CASES[case]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in ((3, 5), (4,), (2, 2))]
+    opt = gradstep.Adam(params, lr=0.1)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    group = opt.param_groups[0]
+    plan = opt._gradstep_plans[id(group)]
+    mutate(opt, params)
+    got = _steady._check(opt, group, plan)
+    got = got and (got[0], got[1], list(got[2]))  # the address buffer is reused by the next check
+    monkeypatch.setattr(_steady_native, "ready", lambda: None)
+    want = _steady._check(opt, group, plan)
+    assert (got is not None) == (want is not None) == steady
+    if steady:
+        assert all(map(lambda a, b: a is b, got[0], want[0]))
+        assert all(map(lambda a, b: a is b, got[1], want[1]))
+        assert got[2] == list(want[2]) == [p.grad.data_ptr() for p in params]
 
 
 def test_bf16_fp16_conversions_match_torch():

@@ -270,7 +270,8 @@ def test_interpreted_unaligned_noncontiguous_and_partitions(interpret):
 
 def _launches(lists, rows, chunk):
     ptrs = [[t.data_ptr() for t in lst] for lst in lists]
-    return tables.launches(lists, rows, chunk, ptrs, [t.numel() for t in lists[0]])
+    return tables.launches(lists[0][rows[0]].device, len(lists), rows, chunk, ptrs,
+                           [t.numel() for t in lists[0]])
 
 
 def test_tables_are_cached_per_layout(interpret):
@@ -320,7 +321,7 @@ def test_cached_layouts_follow_a_shrink_in_place(interpret):
     (gradstep.NAdam, dict(lr=0.05, weight_decay=0.1)),
     (gradstep.RAdam, dict(lr=0.05)),  # plain phase, then rectified from step 6
 ], ids=lambda x: getattr(x, "__name__", ""))
-def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeypatch, cls, kwargs):
+def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeypatch, cls, kwargs, steady_check):
     """Groups of CUDA tensors take the steady path (_steady.py) to the Triton runner, exercised
     here on CPU tensors: same numbers as torch through an lr change, a replaced state tensor, a
     parameter whose storage moved, and a parameter and its states shrunk in place (same

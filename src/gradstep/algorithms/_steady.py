@@ -17,6 +17,9 @@ kernel, tensor layouts and element offsets). The next step only
   path does (once per distinct step value, or through the algorithm's ``_stateful_scalars``),
   and makes the kernel call (on CUDA: the Triton runner, which caches its work lists).
 
+The per-step check runs as one C++ call where ``_steady_native`` could be built (it reads each
+tensor once and creates no Python object per gradient), else in Python, with the same result.
+
 Any check that fails sends the group down the generic path, which rebuilds the plan. All checks
 run before anything is changed, so an error still leaves every group untouched. Not noticed: a
 ``.data`` assignment that keeps a tensor's address and size but changes its strides or dtype
@@ -35,6 +38,7 @@ import torch
 
 from ..backends import defaults_to_fused
 from ..backends.cpu import runner, steps
+from . import _steady_native
 from ._steps import increment as increment_steps
 
 _data_ptr = torch.Tensor.data_ptr
@@ -47,7 +51,8 @@ _MAX_BACKOFF = 1024
 
 class _Plan:
     __slots__ = ("group", "params", "flags", "cfg", "keys", "dtypes", "key", "ptrs", "offsets",
-                 "step_ptrs", "step_fn", "launch", "rows", "failures", "skip")
+                 "step_ptrs", "step_fn", "launch", "rows", "state_ptrs", "expect",
+                 "gptrs", "failures", "skip")
 
     def __init__(self, group):
         self.group = group
@@ -122,24 +127,45 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
     plan = plans.get(id(group)) if plans else None
     if plan is None or plan.params is None or plan.group is not group:
         return None
-    params = group["params"]
-    if len(params) != len(plan.params) or not all(map(is_, params, plan.params)):
+    if len(group["params"]) != len(plan.params):
         return None
     if _flags(group) != plan.flags or opt._config(group) != plan.cfg or tuple(opt._state_keys(group)) != plan.keys:
         return None
     if group.get("fused") and (getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None):
         return None
+    found = _check(opt, group, plan)
+    if found is None:
+        return None
+    sts, counters, gptrs = found
+    if plan.launch is not None:
+        return lambda: _execute_triton(opt, group, plan, gptrs, sts, counters)
+    return lambda: _execute(opt, group, plan, gptrs, sts, counters)
+
+
+def _check(opt, group, plan: _Plan):
+    """``(state dicts, step counters, gradients' addresses)`` if the group's tensors are those
+    ``plan`` was built for, else None: in one C++ call where ``_steady_native`` could be built,
+    else in Python (the same checks)."""
+    native = _steady_native.ready()
+    if native is not None:
+        found = native(group["params"], plan.params, opt.state, plan.keys,
+                       "step" if opt.counts_steps else None, plan.expect, plan.gptrs)
+        return None if found is None else (*found, plan.gptrs)
+    if not all(map(is_, group["params"], plan.params)):
+        return None
     gathered = _gather(opt, group, plan.keys)
     if gathered is None or gathered[5] != plan.key:
         return None
-    _, grads, sts, cols, counters, _ = gathered
+    _, grads, sts, _, counters, _ = gathered
     try:
-        gptrs = list(map(_data_ptr, grads))
+        return sts, counters, array("Q", map(_data_ptr, grads))
     except RuntimeError:  # no storage
         return None
-    if plan.launch is not None:
-        return lambda: _execute_triton(opt, group, plan, grads, gptrs, sts, cols, counters)
-    return lambda: _execute(opt, group, plan, grads, array("Q", gptrs), sts, cols, counters)
+
+
+def _tensors(plan: _Plan, sts) -> list[list]:
+    """The group's ``[params, grads, *states]`` lists (where a runner needs the tensors)."""
+    return [plan.params, [p.grad for p in plan.params], *([st[k] for st in sts] for k in plan.keys)]
 
 
 def _advance(opt, group, plan: _Plan, sts, counters) -> list:
@@ -153,19 +179,16 @@ def _advance(opt, group, plan: _Plan, sts, counters) -> list:
     return opt._scalars_for_steps(group, values, sts)
 
 
-def _execute_triton(opt, group, plan: _Plan, grads, gptrs, sts, cols, counters) -> None:
+def _execute_triton(opt, group, plan: _Plan, gptrs, sts, counters) -> None:
     scalars = _advance(opt, group, plan, sts, counters)
     cfg = opt._refine_config(plan.cfg, scalars)
-    tensors = [plan.params, grads, *cols]
     if plan.rows is None:
-        plan.launch.run_triton(type(opt).rule, cfg, scalars, tensors)
+        plan.launch.run_triton(type(opt).rule, cfg, scalars, _tensors(plan, sts))
         return
-    n = len(plan.params)
-    ptrs = [plan.key[0], gptrs, *(plan.key[2][i * n:(i + 1) * n] for i in range(len(cols)))]
-    plan.launch.run_planned(type(opt).rule, cfg, scalars, tensors, ptrs, plan.rows)
+    plan.launch.run_planned(type(opt).rule, cfg, scalars, plan.rows, [plan.key[0], gptrs, *plan.state_ptrs])
 
 
-def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols, counters) -> None:
+def _execute(opt, group, plan: _Plan, gptrs, sts, counters) -> None:
     n = len(plan.params)
     scalars = _advance(opt, group, plan, sts, counters)
     names = tuple(vars(scalars[0]))
@@ -174,7 +197,7 @@ def _execute(opt, group, plan: _Plan, grads, gptrs, sts, cols, counters) -> None
     try:
         fn = runner.get_kernel(rule, cfg, names, len(plan.keys), plan.dtypes)
     except Exception:  # the generic path warned already; stay correct
-        runner.run_fused_cpu(rule, cfg, scalars, [plan.params, grads, *cols])
+        runner.run_fused_cpu(rule, cfg, scalars, _tensors(plan, sts))
         return
     ptrs = plan.ptrs
     ptrs[n:2 * n] = gptrs
@@ -268,8 +291,12 @@ def _build_triton(opt, group, params, plan: _Plan, keys, gathered) -> bool:
 
 def _settle(opt, group, plan: _Plan, keys, key) -> None:
     """Record what every plan holds; from here ``prepare`` can take the group's next step."""
+    n = len(group["params"])
     plan.params = list(group["params"])
     plan.flags = _flags(group)
     plan.cfg = opt._config(group)
     plan.keys = keys
     plan.key = key
+    plan.state_ptrs = [key[2][i * n:(i + 1) * n] for i in range(len(keys))]
+    plan.expect = array("Q", chain(*key))
+    plan.gptrs = array("Q", bytes(8 * n))

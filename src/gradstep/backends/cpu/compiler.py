@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache_files import atomic_write
@@ -46,6 +47,20 @@ _ARGTYPES = (
 )
 
 
+@dataclass(frozen=True)
+class Toolchain:
+    """How one kind of source is built: compiler flags, the source file's suffix, and the
+    arguments after the output (libraries). All of it goes into the cache key."""
+
+    flags: tuple[str, ...]
+    suffix: str
+    libs: tuple[str, ...] = ()
+
+
+#: the generated C kernels (and other small C helpers), loaded with ctypes
+C_KERNELS = Toolchain(FLAGS, ".c", ("-lm",))
+
+
 class CompilerUnavailable(RuntimeError):
     """No usable C compiler (the fused CPU backend then falls back to foreach)."""
 
@@ -59,15 +74,18 @@ _loaded: dict[tuple[str, str], ctypes._CFuncPtr] = {}
 _compiler_id: dict[str, str] = {}
 
 
-def compiler() -> list[str]:
-    """The C compiler command: ``$CC`` if set, else ``gcc``, else ``cc``."""
-    cmd = os.environ.get("CC")
-    candidates = [cmd] if cmd else ["gcc", "cc"]
+def compiler(variable: str = "CC", defaults: tuple[str, ...] = ("gcc", "cc")) -> list[str]:
+    """The C compiler command: ``$CC`` if set, else ``gcc``, else ``cc`` (for C++:
+    ``compiler("CXX", ("g++", "c++"))``)."""
+    cmd = os.environ.get(variable)
+    candidates = [cmd] if cmd else list(defaults)
     for cand in candidates:
         argv = shlex.split(cand)
         if argv and shutil.which(argv[0]):
             return argv
-    raise CompilerUnavailable(f"no C compiler found (tried {', '.join(candidates)}; set CC)")
+    language = "C++" if variable == "CXX" else "C"
+    raise CompilerUnavailable(
+        f"no {language} compiler found (tried {', '.join(candidates)}; set {variable})")
 
 
 def compiler_identity(argv: list[str]) -> str:
@@ -121,35 +139,38 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def cache_key(source: str, argv: list[str]) -> str:
-    ident = "\0".join([source, compiler_identity(argv), " ".join(FLAGS), _cpu_identity()])
+def cache_key(source: str, argv: list[str], toolchain: Toolchain = C_KERNELS) -> str:
+    ident = "\0".join([source, compiler_identity(argv), " ".join(toolchain.flags),
+                       " ".join(toolchain.libs), _cpu_identity()])
     return _sha256(ident.encode())
 
 
 
-def _verified_library(directory: Path, key: str, argv: list[str]) -> Path | None:
+def _verified_library(directory: Path, key: str, argv: list[str],
+                      toolchain: Toolchain = C_KERNELS) -> Path | None:
     """The cached library for ``key`` if every check passes, else ``None``."""
     try:
         digest = (directory / f"{key}.ref").read_text().strip()
         lib = directory / f"{key}-{digest}.so"
-        source = (directory / f"{key}.c").read_text()
+        source = (directory / f"{key}{toolchain.suffix}").read_text()
         if len(digest) != 64 or _sha256(lib.read_bytes()) != digest:
             return None
-        if cache_key(source, argv) != key:
+        if cache_key(source, argv, toolchain) != key:
             return None
         return lib
     except (OSError, UnicodeDecodeError):
         return None
 
 
-def _compile(source: str, directory: Path, key: str, argv: list[str]) -> Path:
+def _compile(source: str, directory: Path, key: str, argv: list[str],
+             toolchain: Toolchain = C_KERNELS) -> Path:
     """Build ``source`` and publish it in ``directory`` under ``key``."""
     with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
-        src, out = Path(tmp) / "kernel.c", Path(tmp) / "kernel.so"
+        src, out = Path(tmp) / f"kernel{toolchain.suffix}", Path(tmp) / "kernel.so"
         src.write_text(source)
         try:
             res = subprocess.run(
-                [*argv, *FLAGS, str(src), "-o", str(out), "-lm"],
+                [*argv, *toolchain.flags, str(src), "-o", str(out), *toolchain.libs],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -164,9 +185,23 @@ def _compile(source: str, directory: Path, key: str, argv: list[str]) -> Path:
     digest = _sha256(data)
     lib = directory / f"{key}-{digest}.so"
     atomic_write(lib, data)
-    atomic_write(directory / f"{key}.c", source.encode())
+    atomic_write(directory / f"{key}{toolchain.suffix}", source.encode())
     atomic_write(directory / f"{key}.ref", digest.encode())
     return lib
+
+
+def build(source: str, argv: list[str], toolchain: Toolchain = C_KERNELS):
+    """``(path, keep)``: the shared object built from ``source``, from the cache if a verified
+    copy is there; ``keep`` is a private build directory to hold on to (or None)."""
+    key = cache_key(source, argv, toolchain)
+    directory = cache_dir()
+    private = None
+    if directory is None:
+        private = tempfile.TemporaryDirectory(prefix="gradstep-")
+        directory = Path(private.name)
+    path = (_verified_library(directory, key, argv, toolchain)
+            or _compile(source, directory, key, argv, toolchain))
+    return path, private
 
 
 def load(source: str, name: str = "gs_step", argtypes: tuple = _ARGTYPES) -> ctypes._CFuncPtr:
@@ -180,12 +215,7 @@ def load(source: str, name: str = "gs_step", argtypes: tuple = _ARGTYPES) -> cty
         fn = _loaded.get((key, name))
         if fn is not None:
             return fn
-        directory = cache_dir()
-        private = None
-        if directory is None:
-            private = tempfile.TemporaryDirectory(prefix="gradstep-")
-            directory = Path(private.name)
-        lib_path = _verified_library(directory, key, argv) or _compile(source, directory, key, argv)
+        lib_path, private = build(source, argv)
         lib = ctypes.CDLL(str(lib_path))  # ctypes releases the GIL during calls
         fn = getattr(lib, name)
         fn.argtypes = argtypes

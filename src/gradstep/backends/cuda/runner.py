@@ -179,57 +179,61 @@ def run_triton(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.Tens
         run_foreach(rule, cfg, [scalars[i] for i in fallback],
                     [[lst[i] for i in fallback] for lst in tensors])
     if rows:
-        _launch(rule, cfg, scalars, lists, ptrs, rows, layout.numels, placement)
+        _launch(rule, cfg, scalars, _Rows.of(lists, rows, layout.numels, placement), ptrs)
 
 
 @dataclass
-class Rows:
-    """A group's parameters and states, checked once for the steady path (``_steady.py``):
-    every row runs in the kernel, under ``placement``. Valid while the caller sees the same
-    tensors at the same addresses with the same numels, and contiguous gradients."""
+class _Rows:
+    """Rows of a group the kernel updates, and what a launch needs to know about them."""
 
-    placement: tables.HashedKey
-    numels: list[int]
     rows: list[int]
+    numels: list[int]  # of every row of the group
+    placement: tables.HashedKey
+    dtypes: tuple[str, ...]  # storage dtype per role
+    device: torch.device
+
+    @classmethod
+    def of(cls, lists, rows, numels, placement) -> _Rows:
+        first = rows[0]
+        return cls(rows, numels, placement, tuple(_dtype_name(lst[first].dtype) for lst in lists),
+                   lists[0][first].device)
 
 
-def plan_rows(tensors: list[list[torch.Tensor]]) -> Rows | None:
-    """``Rows`` for ``tensors`` (``[params, grads, *states]``), or None when some row needs the
-    foreach backend or the parameters are complex (those keep to ``run_triton``)."""
+def plan_rows(tensors: list[list[torch.Tensor]]) -> _Rows | None:
+    """The rows of ``tensors`` (``[params, grads, *states]``) checked once for the steady path
+    (``_steady.py``), or None when some row needs the foreach backend or the parameters are
+    complex (those keep to ``run_triton``). Valid while the caller sees the same tensors at
+    the same addresses with the same sizes, and contiguous gradients."""
     if tensors[0][0].is_complex():
         return None
-    ptrs = [list(map(_data_ptr, lst)) for lst in tensors]
     layout = _check(tensors)
     if layout.bad:
         return None
-    return Rows(_placement(tensors, ptrs), layout.numels, layout.ok)
+    placement = _placement(tensors, [list(map(_data_ptr, lst)) for lst in tensors])
+    return _Rows.of(tensors, layout.ok, layout.numels, placement)
 
 
-def run_planned(rule, cfg: Any, scalars: list[Any], tensors: list[list[torch.Tensor]],
-                ptrs: list[list[int]], rows: Rows) -> None:
-    """``run_triton`` for a steady group: the caller has checked ``rows`` still holds and read
-    every role's data pointers (``ptrs``, in the order of ``tensors``)."""
-    _launch(rule, cfg, scalars, tensors, ptrs, rows.rows, rows.numels, rows.placement)
+def run_planned(rule, cfg: Any, scalars: list[Any], rows: _Rows, ptrs: list[list[int]]) -> None:
+    """``run_triton`` for a steady group: the caller has checked that ``rows`` still holds and
+    read every role's data pointers (``ptrs``: params, grads, states)."""
+    _launch(rule, cfg, scalars, rows, ptrs)
 
 
-def _launch(rule, cfg, scalars, lists, ptrs, rows, numels, placement) -> None:
-    """Launch the kernel over ``rows`` of ``lists`` (all checked: see ``_check``)."""
+def _launch(rule, cfg, scalars, checked: _Rows, ptrs) -> None:
+    """Launch the kernel over the ``checked`` rows (see ``_check``), given every role's data
+    pointers."""
+    rows = checked.rows
     names = tuple(vars(scalars[0]))
-    n_states = len(lists) - 2
+    n_roles = len(checked.dtypes)
     sub = [scalars[r] for r in rows] if len(rows) != len(scalars) else scalars
-    modes = _modes(sub, names, lists[0][rows[0]].device)
-    spec = KernelSpec(
-        tuple(_dtype_name(lst[rows[0]].dtype) for lst in lists),
-        modes,
-        os.environ.get("TRITON_INTERPRET") == "1",
-        STREAM,
-    )
-    kernel = _kernel(rule, cfg, names, n_states, spec)
+    modes = _modes(sub, names, checked.device)
+    spec = KernelSpec(checked.dtypes, modes, os.environ.get("TRITON_INTERPRET") == "1", STREAM)
+    kernel = _kernel(rule, cfg, names, n_roles - 2, spec)
     f_names = [name for name, mode, _ in modes if mode == "f"]
     for part_rows, f_values in _partitions(scalars, rows, f_names):
         f_args = dict(zip(f_names, f_values))
-        for launch in tables.launches(lists, part_rows, BLOCK * PER_PROGRAM, ptrs, numels,
-                                      placement):
+        for launch in tables.launches(checked.device, n_roles, part_rows, BLOCK * PER_PROGRAM,
+                                      ptrs, checked.numels, checked.placement):
             args = []
             for name, mode, _ in modes:
                 if mode == "f":

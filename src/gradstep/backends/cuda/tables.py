@@ -53,7 +53,7 @@ def _stream_id(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-def _hosts(lists, rows, ptrs, numels, chunk) -> list[tuple[torch.Tensor, int, bool, list[int]]]:
+def _hosts(n_roles, rows, ptrs, numels, chunk) -> list[tuple[torch.Tensor, int, bool, list[int]]]:
     """Host tables, split into 16-byte-aligned rows and the others."""
     aligned = [all(role[i] % 16 == 0 for role in ptrs) for i in range(len(rows))]
     out = []
@@ -62,7 +62,7 @@ def _hosts(lists, rows, ptrs, numels, chunk) -> list[tuple[torch.Tensor, int, bo
         if not idx:
             continue
         host = _host_table([[role[i] for i in idx] for role in ptrs], [numels[i] for i in idx], chunk)
-        n_work = (host.numel() - (len(lists) + 1) * len(idx)) // 2
+        n_work = (host.numel() - (n_roles + 1) * len(idx)) // 2
         if n_work:
             out.append((host, len(idx), want, [rows[i] for i in idx]))
     return out
@@ -85,16 +85,16 @@ class HashedKey:
         return isinstance(other, HashedKey) and self.hash == other.hash and self.items == other.items
 
 
-def launches(lists: list[list[torch.Tensor]], rows: list[int], chunk: int,
+def launches(device: torch.device, n_roles: int, rows: list[int], chunk: int,
              all_ptrs: list[list[int]], all_numels: list[int],
              placement: HashedKey | None = None) -> list[Launch]:
-    """The launches covering ``rows`` of ``lists`` (``[p, g, *states]``, validated by the
-    caller: contiguous, one dtype per role, equal numels within a row), given every row's data
-    pointers per role and numels; ``chunk`` elements per work item.
+    """The launches covering ``rows`` of a group's ``n_roles`` tensor lists (``[p, g, *states]``
+    on ``device``, validated by the caller: contiguous, one dtype per role, equal numels within
+    a row), given every row's data pointers per role and numels; ``chunk`` elements per work
+    item.
 
-    ``placement``, if given, identifies the rows' parameters and states and their addresses
-    (everything but the gradients); else it is made from the pointers and numels."""
-    device = lists[0][rows[0]].device
+    ``placement``, if given, identifies the rows' parameters and states, their addresses and
+    sizes (everything but the gradients); else it is made from the pointers and numels."""
     every_row = len(rows) == len(all_numels)
     if every_row:
         ptrs, numels = all_ptrs, all_numels
@@ -105,16 +105,16 @@ def launches(lists: list[list[torch.Tensor]], rows: list[int], chunk: int,
         placement = HashedKey((*map(tuple, all_ptrs[:1] + all_ptrs[2:]), tuple(all_numels)))
     layout = (device, chunk, placement, None if every_row else tuple(rows))
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return _captured(lists, rows, ptrs, numels, chunk, layout, device)
+        return _captured(n_roles, rows, ptrs, numels, chunk, layout, device)
     key = (_stream_id(device), HashedKey(tuple(ptrs[1])), layout)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
     else:
         hit = []
-        for host, n, aligned, sub_rows in _hosts(lists, rows, ptrs, numels, chunk):
+        for host, n, aligned, sub_rows in _hosts(n_roles, rows, ptrs, numels, chunk):
             meta = host if device.type == "cpu" else host.pin_memory().to(device, non_blocking=True)
-            hit.append(Launch(meta, n, (meta.numel() - (len(lists) + 1) * n) // 2, aligned, sub_rows))
+            hit.append(Launch(meta, n, (meta.numel() - (n_roles + 1) * n) // 2, aligned, sub_rows))
         _CACHE[key] = hit
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -126,8 +126,8 @@ def launches(lists: list[list[torch.Tensor]], rows: list[int], chunk: int,
     return hit
 
 
-def _captured(lists, rows, ptrs, numels, chunk, layout, device) -> list[Launch]:
-    hosts = _hosts(lists, rows, ptrs, numels, chunk)
+def _captured(n_roles, rows, ptrs, numels, chunk, layout, device) -> list[Launch]:
+    hosts = _hosts(n_roles, rows, ptrs, numels, chunk)
     bufs = _SPARES.pop(layout, None)
     if bufs is None or [b.numel() for b in bufs] != [h.numel() for h, *_ in hosts]:
         raise RuntimeError(
@@ -139,7 +139,7 @@ def _captured(lists, rows, ptrs, numels, chunk, layout, device) -> list[Launch]:
         buf.copy_(host)
         _CAPTURED.append(buf)
         meta = buf.to(device, non_blocking=True)
-        out.append(Launch(meta, n, (meta.numel() - (len(lists) + 1) * n) // 2, aligned, sub_rows))
+        out.append(Launch(meta, n, (meta.numel() - (n_roles + 1) * n) // 2, aligned, sub_rows))
     return out
 
 

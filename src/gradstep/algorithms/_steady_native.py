@@ -1,0 +1,208 @@
+"""The steady path's per-step check of a group, in C++ (optional; see ``_steady.gather``).
+
+A steady step (``_steady.py``) must confirm, for every parameter, that the tensors its plan was
+built for are still the ones in place: the same parameter at the same address with the same
+size, a dense contiguous gradient (whose address it needs), and the same state tensors at the
+same addresses. In Python that is a dozen calls per parameter, each touching a tensor; over
+thousands of small tensors it is most of the step's host time. This module compiles the same
+check into one C++ function (with torch's headers, like any torch extension) that reads each
+tensor once, writes the gradients' addresses into a buffer and never creates a Python object
+per gradient.
+
+It is an accelerator only: where it cannot be built (no C++ compiler, no Python or torch
+headers, ``GRADSTEP_NATIVE_GATHER=0``) the Python check runs, with the same result; it also
+runs while the helper is being built, in the background, once per machine, torch and Python
+version (kept in the compiler cache of the fused CPU backend).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+import torch
+
+from ..backends.cpu import compiler
+
+_SOURCE = r"""
+// gradstep: the steady-state check of one parameter group (see _steady_native.py).
+#include <Python.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <cstdint>
+
+namespace {
+
+bool at_address(PyObject* obj, uint64_t ptr) {
+  return THPVariable_Check(obj) &&
+         reinterpret_cast<uint64_t>(THPVariable_Unpack(obj).data_ptr()) == ptr;
+}
+
+// The same object (by id) at the same address, looked up in a state dict.
+bool same_state(PyObject* st, PyObject* key, uint64_t id, uint64_t ptr) {
+  PyObject* v = PyDict_GetItemWithError(st, key);
+  return v != nullptr && reinterpret_cast<uint64_t>(v) == id && at_address(v, ptr);
+}
+
+// ``(states, counters)``, new lists of the group's state dicts and step counters (None without
+// ``step_key``), if the group is as ``expect`` describes; else None. ``expect`` holds, as
+// uint64: the params' addresses and sizes; the state tensors' addresses then ids (role after
+// role); the step counters' addresses then ids (with ``step_key``).
+PyObject* check(PyObject* params, PyObject* plan_params, PyObject* state, PyObject* keys,
+                PyObject* step_key, const uint64_t* expect, uint64_t* grad_ptrs) {
+  const Py_ssize_t n = PyList_GET_SIZE(params), k = PyTuple_GET_SIZE(keys);
+  const uint64_t *p_ptr = expect, *p_numel = expect + n;
+  const uint64_t *s_ptr = p_numel + n, *s_id = s_ptr + k * n;
+  const uint64_t *c_ptr = s_id + k * n, *c_id = c_ptr + n;
+  const bool counted = step_key != Py_None;
+  PyObject* states = PyList_New(n);
+  PyObject* counters = counted ? PyList_New(n) : Py_NewRef(Py_None);
+  if (states == nullptr || counters == nullptr) {
+    Py_XDECREF(states);
+    Py_XDECREF(counters);
+    return nullptr;
+  }
+  try {
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* p = PyList_GET_ITEM(params, i);
+      if (p != PyList_GET_ITEM(plan_params, i) || !THPVariable_Check(p)) goto changed;
+      const at::Tensor& t = THPVariable_Unpack(p);
+      if (reinterpret_cast<uint64_t>(t.data_ptr()) != p_ptr[i] ||
+          static_cast<uint64_t>(t.numel()) != p_numel[i]) goto changed;
+      const at::Tensor& g = t.grad();
+      if (!g.defined() || g.layout() != c10::kStrided || !g.is_contiguous()) goto changed;
+      grad_ptrs[i] = reinterpret_cast<uint64_t>(g.data_ptr());
+      if (k == 0 && !counted) {  // an algorithm without state (SGD without momentum)
+        PyList_SET_ITEM(states, i, PyDict_New());
+        continue;
+      }
+      PyObject* st = PyDict_GetItemWithError(state, p);
+      if (st == nullptr || !PyDict_Check(st)) goto changed;
+      for (Py_ssize_t j = 0; j < k; ++j) {
+        if (!same_state(st, PyTuple_GET_ITEM(keys, j), s_id[j * n + i], s_ptr[j * n + i])) goto changed;
+      }
+      if (counted) {
+        if (!same_state(st, step_key, c_id[i], c_ptr[i])) goto changed;
+        PyList_SET_ITEM(counters, i, Py_NewRef(reinterpret_cast<PyObject*>(c_id[i])));
+      }
+      PyList_SET_ITEM(states, i, Py_NewRef(st));
+    }
+  } catch (...) {  // e.g. a tensor without storage: not a steady group
+    goto changed;
+  }
+  return PyTuple_Pack(2, states, counters);  // (PyTuple_Pack takes its own references)
+changed:
+  PyErr_Clear();
+  Py_DECREF(states);
+  Py_DECREF(counters);
+  Py_RETURN_NONE;
+}
+
+// gather(params, plan_params, state, keys, step_key, expect, grad_ptrs) -> tuple | None
+PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 7 || !PyList_Check(args[0]) || !PyList_Check(args[1]) || !PyTuple_Check(args[3]) ||
+      !(args[4] == Py_None || PyUnicode_Check(args[4]))) {
+    PyErr_SetString(PyExc_TypeError, "gather(list, list, dict, tuple, str | None, buffer, buffer)");
+    return nullptr;
+  }
+  if (!PyDict_Check(args[2])) Py_RETURN_NONE;  // an optimizer whose state is not a dict
+  const Py_ssize_t n = PyList_GET_SIZE(args[0]), k = PyTuple_GET_SIZE(args[3]);
+  const Py_ssize_t words = n * (2 + 2 * k + (args[4] == Py_None ? 0 : 2));
+  Py_buffer expect, out;
+  if (PyObject_GetBuffer(args[5], &expect, PyBUF_SIMPLE) < 0) return nullptr;
+  if (PyObject_GetBuffer(args[6], &out, PyBUF_WRITABLE) < 0) {
+    PyBuffer_Release(&expect);
+    return nullptr;
+  }
+  PyObject* result;
+  if (PyList_GET_SIZE(args[1]) != n || expect.len != words * 8 || out.len != n * 8) {
+    PyErr_SetString(PyExc_ValueError, "gather: buffer sizes do not match the group");
+    result = nullptr;
+  } else {
+    result = check(args[0], args[1], args[2], args[3], args[4],
+                   static_cast<const uint64_t*>(expect.buf), static_cast<uint64_t*>(out.buf));
+  }
+  PyBuffer_Release(&expect);
+  PyBuffer_Release(&out);
+  return result;
+}
+
+PyMethodDef methods[] = {
+    {"gather", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gather)), METH_FASTCALL, nullptr},
+    {nullptr, nullptr, 0, nullptr}};
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradstep_steady", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit_gradstep_steady(void) { return PyModule_Create(&module); }
+"""
+
+_lock = threading.Lock()
+_gather = None  # the compiled function, once built
+_builder: threading.Thread | None = None
+
+
+def _toolchain() -> compiler.Toolchain:
+    """torch's headers and libraries, this Python's headers, and torch's C++ ABI."""
+    root = Path(torch.__file__).parent
+    lib = root / "lib"
+    flags = (
+        "-O2", "-std=c++20", "-shared", "-fPIC", "-w",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"-I{sysconfig.get_paths()['include']}",
+        f"-I{root / 'include'}",
+        f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+    )
+    libs = (f"-L{lib}", "-ltorch_python", "-ltorch", "-lc10", f"-Wl,-rpath,{lib}")
+    return compiler.Toolchain(flags, ".cpp", libs)
+
+
+def _build():
+    # the versions go into the source, hence into the cache key
+    source = f"// torch {torch.__version__}, Python {sys.version.split()[0]}\n" + _SOURCE
+    path, keep = compiler.build(source, compiler.compiler("CXX", ("g++", "c++")), _toolchain())
+    loader = importlib.machinery.ExtensionFileLoader("gradstep_steady", str(path))
+    spec = importlib.util.spec_from_file_location("gradstep_steady", str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    module._gradstep_keep = keep  # a private build directory lives as long as the module
+    return module.gather
+
+
+def ready():
+    """The compiled ``gather`` if it is built, else None (the Python check runs meanwhile).
+
+    The first call starts the build in a background thread (about 10 s of compiling, once per
+    machine), so that no step waits for it; ``GRADSTEP_NATIVE_GATHER=0`` turns it off."""
+    if _gather is None and _builder is None:
+        _start()
+    return _gather
+
+
+def _start() -> None:
+    global _builder
+    with _lock:
+        if _builder is not None or os.environ.get("GRADSTEP_NATIVE_GATHER", "1") == "0":
+            return
+        _builder = threading.Thread(target=_build_quietly, name="gradstep-native-gather", daemon=True)
+        _builder.start()
+
+
+def _build_quietly() -> None:
+    global _gather
+    try:
+        _gather = _build()
+    except Exception:  # no compiler or headers, an unusual platform: the Python check stays
+        pass
+
+
+def wait(timeout: float | None = None):
+    """Start the build if needed and wait for it (tests, benchmarks): ``ready()`` afterwards."""
+    ready()
+    if _builder is not None:
+        _builder.join(timeout)
+    return _gather
