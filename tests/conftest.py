@@ -15,5 +15,5 @@ def steady_check(request, monkeypatch):
         if _steady_native.wait() is None:
             pytest.skip("the native steady-state check could not be built here")
     else:
-        monkeypatch.setattr(_steady_native, "ready", lambda: None)
+        monkeypatch.setattr(_steady_native, "ready", lambda n_params=0: None)
     return request.param

@@ -505,7 +505,7 @@ def test_native_and_python_checks_agree(case, monkeypatch):
     mutate(opt, params)
     got = _steady._check(opt, group, plan)
     got = got and (got[0], got[1], list(got[2]))  # the address buffer is reused by the next check
-    monkeypatch.setattr(_steady_native, "ready", lambda: None)
+    monkeypatch.setattr(_steady_native, "ready", lambda n_params=0: None)
     want = _steady._check(opt, group, plan)
     assert (got is not None) == (want is not None) == steady
     if steady:

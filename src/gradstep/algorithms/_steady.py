@@ -146,7 +146,7 @@ def _check(opt, group, plan: _Plan):
     """``(state dicts, step counters, gradients' addresses)`` if the group's tensors are those
     ``plan`` was built for, else None: in one C++ call where ``_steady_native`` could be built,
     else in Python (the same checks)."""
-    native = _steady_native.ready()
+    native = _steady_native.ready(len(plan.params))
     if native is not None:
         found = native(group["params"], plan.params, opt.state, plan.keys,
                        "step" if opt.counts_steps else None, plan.expect, plan.gptrs)

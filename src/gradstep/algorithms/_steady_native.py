@@ -173,12 +173,17 @@ def _build():
     return module.gather
 
 
-def ready():
+#: groups with fewer parameters do not start the build (their Python check is cheap enough)
+WORTH_BUILDING = 64
+
+
+def ready(n_params: int = WORTH_BUILDING):
     """The compiled ``gather`` if it is built, else None (the Python check runs meanwhile).
 
-    The first call starts the build in a background thread (about 10 s of compiling, once per
-    machine), so that no step waits for it; ``GRADSTEP_NATIVE_GATHER=0`` turns it off."""
-    if _gather is None and _builder is None:
+    The first call for a group of at least ``WORTH_BUILDING`` parameters starts the build in a
+    background thread (10-15 s of compiling, once per machine), so that no step waits for it;
+    ``GRADSTEP_NATIVE_GATHER=0`` turns it off."""
+    if _gather is None and _builder is None and n_params >= WORTH_BUILDING:
         _start()
     return _gather
 
