@@ -330,6 +330,19 @@ def test_unsafe_cache_directory_is_not_used(tmp_path, monkeypatch):
     assert list(shared.iterdir()) == []
 
 
+def test_a_build_removes_stale_build_directories(fresh_cache, monkeypatch):
+    """A process that exits mid-build leaves its build directory; the next build removes
+    those over an hour old (and leaves a concurrent build's alone)."""
+    monkeypatch.setattr(compiler, "_loaded", {})
+    stale, busy = fresh_cache / ".build-stale", fresh_cache / ".build-busy"
+    for d in (stale, busy):
+        d.mkdir()
+        (d / "kernel.c").write_text("")
+    os.utime(stale, (1e9, 1e9))
+    assert _probe()() == 42.0
+    assert not stale.exists() and busy.exists()
+
+
 def test_missing_compiler_warns_once_and_uses_foreach(fresh_cache, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(runner, "_warned", set())

@@ -18,6 +18,7 @@ Within a process, loaded kernels are memoised by key, so the hot path never touc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,9 +201,20 @@ def build(source: str, argv: list[str], toolchain: Toolchain = C_KERNELS):
     if directory is None:
         private = tempfile.TemporaryDirectory(prefix="gradstep-")
         directory = Path(private.name)
-    path = (_verified_library(directory, key, argv, toolchain)
-            or _compile(source, directory, key, argv, toolchain))
+    path = _verified_library(directory, key, argv, toolchain)
+    if path is None:
+        _remove_stale_builds(directory)
+        path = _compile(source, directory, key, argv, toolchain)
     return path, private
+
+
+def _remove_stale_builds(directory: Path, age: float = 3600.0) -> None:
+    """Build directories over an hour old: left by a process that exited mid-build."""
+    now = time.time()
+    for stale in directory.glob(".build-*"):
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > age:
+                shutil.rmtree(stale)
 
 
 def load(source: str, name: str = "gs_step", argtypes: tuple = _ARGTYPES) -> ctypes._CFuncPtr:
