@@ -336,7 +336,7 @@ def test_a_build_removes_stale_build_directories(fresh_cache, monkeypatch):
     monkeypatch.setattr(compiler, "_loaded", {})
     stale, busy = fresh_cache / ".build-stale", fresh_cache / ".build-busy"
     for d in (stale, busy):
-        d.mkdir()
+        d.mkdir(parents=True)
         (d / "kernel.c").write_text("")
     os.utime(stale, (1e9, 1e9))
     assert _probe()() == 42.0
