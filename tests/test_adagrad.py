@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import gradstep
-from elementwise_checks import (
+from optim_checks import (
     assert_differentiable_step,
     assert_same_error,
-    assert_signature_matches,
+    assert_same_api,
     assert_sparse_parity,
     assert_traced_rule_matches,
     forloop_oracle,
@@ -152,7 +152,7 @@ def test_step_errors_match_torch():
 
 
 def test_signature_matches_torch():
-    assert_signature_matches(gradstep.Adagrad, torch.optim.Adagrad)
+    assert_same_api(gradstep.Adagrad, torch.optim.Adagrad)
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(weight_decay=0.1, maximize=True),

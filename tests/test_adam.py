@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from elementwise_checks import assert_capturable_bitwise
+from optim_checks import assert_capturable_bitwise
 
 import gradstep
 from parity import assert_parity

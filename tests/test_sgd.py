@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import gradstep
-from elementwise_checks import (
+from optim_checks import (
     assert_differentiable_step,
     assert_same_error,
-    assert_signature_matches,
+    assert_same_api,
     assert_sparse_parity,
     assert_traced_rule_matches,
     forloop_oracle,
@@ -142,7 +142,7 @@ def test_step_errors_match_torch():
 
 
 def test_signature_matches_torch():
-    assert_signature_matches(gradstep.SGD, torch.optim.SGD)
+    assert_same_api(gradstep.SGD, torch.optim.SGD)
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(momentum=0.9, weight_decay=0.1),
