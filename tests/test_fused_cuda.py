@@ -199,6 +199,17 @@ def _adam_rows(n, seed):
     return rows
 
 
+def _assert_triton_matches_reference(cfg, scalars, lists):
+    """Adam's rule over ``lists`` by the Triton runner (in place) and over a copy by the
+    reference backend agree."""
+    expected = [[t.clone() for t in lst] for lst in lists]
+    run_reference(adam_rule, cfg, scalars, expected)
+    runner.run_triton(adam_rule, cfg, scalars, lists)
+    for x, y in zip(expected, lists):
+        for u, v in zip(x, y):
+            torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
+
+
 def test_interpreted_tensor_scalars(interpret):
     """capturable-style scalars: a shared 0-d lr (by pointer) and per-tensor step scalars."""
     cfg = AdamConfig(maximize=False, weight_decay=True, decoupled=True, amsgrad=False)
@@ -210,17 +221,11 @@ def test_interpreted_tensor_scalars(interpret):
             lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
             step_size=lr / (1 - 0.9**t), bias_correction2_sqrt=(1 - 0.999**t).sqrt(),
         ))
-    a = _adam_rows(4, 0)
-    b = [[t.clone() for t in lst] for lst in a]
-    run_reference(adam_rule, cfg, scalars, a)
-    runner.run_triton(adam_rule, cfg, scalars, b)
+    _assert_triton_matches_reference(cfg, scalars, _adam_rows(4, 0))
     modes = runner._modes(scalars, NAMES, torch.device("cpu"))
     assert dict((n, m) for n, m, _ in modes) == dict(
         lr="s", beta1="f", beta2="f", eps="f", weight_decay="f", step_size="v",
         bias_correction2_sqrt="v")
-    for x, y in zip(a, b):
-        for u, v in zip(x, y):
-            torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
 
 
 def test_streaming_cache_hints_keep_the_numbers(interpret, monkeypatch):
@@ -229,13 +234,8 @@ def test_streaming_cache_hints_keep_the_numbers(interpret, monkeypatch):
     cfg = AdamConfig(maximize=False, weight_decay=True, decoupled=True, amsgrad=True)
     scalars = [SimpleNamespace(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
                                step_size=0.2, bias_correction2_sqrt=0.5)] * 4
-    a = _adam_rows(4, 5) + [[torch.rand(t.shape) for t in _adam_rows(4, 6)[0]]]
-    b = [[t.clone() for t in lst] for lst in a]
-    run_reference(adam_rule, cfg, scalars, a)
-    runner.run_triton(adam_rule, cfg, scalars, b)
-    for x, y in zip(a, b):
-        for u, v in zip(x, y):
-            torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
+    _assert_triton_matches_reference(
+        cfg, scalars, _adam_rows(4, 5) + [[torch.rand(t.shape) for t in _adam_rows(4, 6)[0]]])
     spec = runner.KernelSpec(("float32",) * 5, tuple((n, "f", "float64") for n in NAMES), True, True)
     source = runner.kernel_source(adam_rule, cfg, NAMES, 3, spec)
     assert source.count('eviction_policy="evict_first"') == 2 * 5  # full and masked blocks
@@ -252,20 +252,15 @@ def test_interpreted_unaligned_noncontiguous_and_partitions(interpret):
     lists = [params]
     lists += [[torch.randn(p.shape, generator=gen).contiguous() for p in params]]
     lists += [[torch.rand(p.shape, generator=gen).contiguous() for p in params] for _ in range(3)]
-    expected = [[t.clone() for t in lst] for lst in lists]
     scalars = [SimpleNamespace(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
                                step_size=0.1 / (1 - 0.9**k), bias_correction2_sqrt=(1 - 0.99**k) ** 0.5)
                for k in (1, 1, 4)]
-    run_reference(adam_rule, cfg, scalars, expected)
     layout = runner._check(lists)
     assert layout.ok == [0, 2] and layout.bad == [1]
     tables.clear()
     launches = _launches(lists, [0, 2], runner.BLOCK)
     assert sorted(launch.aligned for launch in launches) == [False, True]
-    runner.run_triton(adam_rule, cfg, scalars, lists)
-    for x, y in zip(expected, lists):
-        for u, v in zip(x, y):
-            torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
+    _assert_triton_matches_reference(cfg, scalars, lists)
 
 
 def _launches(lists, rows, chunk):
@@ -304,12 +299,7 @@ def test_cached_layouts_follow_a_shrink_in_place(interpret):
     for lst in lists:
         lst[0].data = lst[0].data[:5]
     before = [t.clone() for t in whole]
-    expected = [[t.clone() for t in lst] for lst in lists]
-    run_reference(adam_rule, cfg, scalars, expected)
-    runner.run_triton(adam_rule, cfg, scalars, lists)
-    for x, y in zip(expected, lists):
-        for u, v in zip(x, y):
-            torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
+    _assert_triton_matches_reference(cfg, scalars, lists)
     for w, b in zip(whole, before):
         assert torch.equal(w[5:], b[5:])  # beyond the new size: untouched
 
