@@ -14,8 +14,8 @@ Step counters of CPU tensors live on the CPU, as those of CUDA parameters do by 
 host, advanced by one ``torch._foreach_add_``); the time of that multi-tensor add, one launch on
 CUDA but a slow per-tensor loop here, is measured separately and left out.
 
-The steady path's per-step check runs in C++ (``_steady_native``, built first if need be);
-``--python-check`` measures its Python version instead.
+The steady path's per-step check runs in C++ (``gradstep._native``, built first if need be);
+``--python-check`` measures the Python versions instead.
 
 With ``--torch``, torch.optim's fused optimizers (Adam, AdamW, SGD, Adagrad) are measured the
 same way in the same run: their kernels (``torch._fused_adam_`` and kin) and their step-counter
@@ -38,7 +38,8 @@ import torch
 
 import gradstep
 import gradstep.backends as backends
-from gradstep.algorithms import _host_mirror, _steady, _steady_native, _steps
+from gradstep import _native
+from gradstep.algorithms import _host_mirror, _steady, _steps
 from gradstep.backends import cuda as cuda_backend
 from gradstep.backends.cuda import runner
 
@@ -123,9 +124,9 @@ def main() -> None:
     args = parser.parse_args()
     route_cpu_tensors_to_the_cuda_path(args.generic)
     if args.python_check:
-        _steady_native.ready = lambda n_params=0: None
-    elif _steady_native.wait() is None:
-        print("note: the native steady-state check could not be built; the Python one runs")
+        _native.ready = lambda n_tensors=0: None
+    elif _native.wait() is None:
+        print("note: the native helpers could not be built; their Python versions run")
     if args.device_counters:
         treat_counters_as_device_counters()
     for name in args.names:

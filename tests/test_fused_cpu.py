@@ -501,11 +501,11 @@ CHECK_CASES = [
 def test_native_and_python_checks_agree(case, monkeypatch):
     """The steady path's per-step check gives the same answer in C++ and in Python: the same
     state dicts, step counters and gradient addresses, or both "changed"."""
-    from gradstep.algorithms import _steady, _steady_native
+    from gradstep import _native
+    from gradstep.algorithms import _steady
 
-    native = _steady_native.wait()
-    if native is None:
-        pytest.skip("the native steady-state check could not be built here")
+    if _native.wait() is None:
+        pytest.skip("the native helpers could not be built here")
     mutate, steady = CHECK_CASES[case]
     params = [torch.nn.Parameter(torch.randn(s)) for s in ((3, 5), (4,), (2, 2))]
     opt = gradstep.Adam(params, lr=0.1)
@@ -518,13 +518,48 @@ def test_native_and_python_checks_agree(case, monkeypatch):
     mutate(opt, params)
     got = _steady._check(opt, group, plan)
     got = got and (got[0], got[1], list(got[2]))  # the address buffer is reused by the next check
-    monkeypatch.setattr(_steady_native, "ready", lambda n_params=0: None)
+    monkeypatch.setattr(_native, "ready", lambda n_tensors=0: None)
     want = _steady._check(opt, group, plan)
     assert (got is not None) == (want is not None) == steady
     if steady:
         assert all(map(lambda a, b: a is b, got[0], want[0]))
         assert all(map(lambda a, b: a is b, got[1], want[1]))
         assert got[2] == list(want[2]) == [p.grad.data_ptr() for p in params]
+
+
+@pytest.mark.parametrize("case", ["float32", "float64", "mixed", "two elements", "int",
+                                  "a number", "a view", "empty"])
+def test_native_and_python_scalar_addresses_agree(case, monkeypatch):
+    """The 0-d state helpers (``steps``) accept the same tensors with the C++ check as with the
+    Python one, and read and write the same values."""
+    from gradstep import _native
+
+    if _native.wait() is None:
+        pytest.skip("the native helpers could not be built here")
+    ts = [torch.tensor(float(i)) for i in range(5)]
+    if case == "float64":
+        ts = [t.double() for t in ts]
+    elif case == "mixed":
+        ts[3] = ts[3].double()
+    elif case == "two elements":
+        ts[1] = torch.ones(2)
+    elif case == "int":
+        ts[2] = torch.tensor(2)
+    elif case == "a number":
+        ts[4] = 4.0
+    elif case == "a view":
+        ts[0] = torch.arange(3.0)[1:2]  # one element, not at its storage's start
+    elif case == "empty":
+        ts[0] = torch.zeros(0)
+    got = steps.load_cpu(ts)
+    monkeypatch.setattr(_native, "ready", lambda n_tensors=0: None)
+    want = None if case == "a number" else steps.load_cpu(ts)  # (Python: not even a tensor)
+    assert got == want
+    if got is not None:
+        assert got == [t.item() for t in ts]
+        monkeypatch.undo()
+        assert steps.store_cpu(ts, [v + 0.5 for v in got])
+        assert [t.item() for t in ts] == [v + 0.5 for v in got]
 
 
 def test_bf16_fp16_conversions_match_torch():

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 import gradstep
-from gradstep.algorithms import _steady_native
+from gradstep import _native
 from gradstep.algorithms._elementwise import ElementwiseOptimizer
 
 #: algorithm -> constructor options used for both gradstep and torch.optim (else defaults)
@@ -439,8 +439,8 @@ def run(quick: bool = False, device: str = "cpu", algorithms: list[str] | None =
     ]
     repeats = repeats or (3 if quick else 11)
     psets = [p for p in param_sets(quick) if not sets or any(s in p.name for s in sets)]
-    if not quick and _steady_native.wait() is None:  # steady steps, as a long training run has
-        log("note: the native steady-state check could not be built; the Python one runs")
+    if not quick and _native.wait() is None:  # steady steps, as a long training run has
+        log("note: the native helpers could not be built; their Python versions run")
     bw = machine_bandwidth(device, (16 if quick else 64) << 20, repeats=5 if quick else 10)
     log(f"machine bandwidth: {bw['best_gbs']:.2f} GB/s best, {bw['median_gbs']:.2f} GB/s median")
     rows: list[Row] = []

@@ -27,7 +27,7 @@ import time
 import torch
 
 import gradstep
-from gradstep.algorithms import _steady_native
+from gradstep import _native
 from gradstep.algorithms._elementwise import ElementwiseOptimizer
 
 
@@ -236,8 +236,8 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
     copy_bw = copy_bandwidth(device)
-    if _steady_native.wait() is None:  # steady steps, as a long training run has
-        print("note: the native steady-state check could not be built; the Python one runs")
+    if _native.wait() is None:  # steady steps, as a long training run has
+        print("note: the native helpers could not be built; their Python versions run")
     import triton
 
     from gradstep.backends.cuda import runner

@@ -130,15 +130,15 @@ def store(tensors: list[torch.Tensor], new_values: list[float]) -> list[float]:
     ``values``); device tensors by two multi-tensor ops when the values are equal, else one
     host-to-device and one multi-tensor copy."""
     dtype = tensors[0].dtype
+    host = torch.tensor(new_values, dtype=torch.float64).to(dtype)
+    stored = host.tolist()
+    if NATIVE_CPU and store_cpu(tensors, stored):  # CPU tensors of one dtype: one native call
+        return stored
     if any(t.device != tensors[0].device or t.dtype != dtype for t in tensors):
         stored = []
         for t, v in zip(tensors, new_values):
             t.copy_(torch.tensor(v, dtype=torch.float64))
             stored.append(t.item())
-        return stored
-    host = torch.tensor(new_values, dtype=torch.float64).to(dtype)
-    stored = host.tolist()
-    if NATIVE_CPU and store_cpu(tensors, stored):  # CPU tensors: one native call, read back the same way
         return stored
     if min(stored) == max(stored) and math.isfinite(stored[0]):  # one value: no copy needed
         torch._foreach_zero_(tensors)

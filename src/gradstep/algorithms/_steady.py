@@ -17,7 +17,7 @@ kernel, tensor layouts and element offsets). The next step only
   path does (once per distinct step value, or through the algorithm's ``_stateful_scalars``),
   and makes the kernel call (on CUDA: the Triton runner, which caches its work lists).
 
-The per-step check runs as one C++ call where ``_steady_native`` could be built (it reads each
+The per-step check runs as one C++ call where ``gradstep._native`` could be built (it reads each
 tensor once and creates no Python object per gradient), else in Python, with the same result.
 
 Any check that fails sends the group down the generic path, which rebuilds the plan. All checks
@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
+from .. import _native
 from ..backends import defaults_to_fused
 from ..backends.cpu import runner, steps
-from . import _steady_native
 from ._steps import increment as increment_steps
 
 _data_ptr = torch.Tensor.data_ptr
@@ -144,11 +144,11 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
 
 def _check(opt, group, plan: _Plan):
     """``(state dicts, step counters, gradients' addresses)`` if the group's tensors are those
-    ``plan`` was built for, else None: in one C++ call where ``_steady_native`` could be built,
+    ``plan`` was built for, else None: in one C++ call where ``_native`` could be built,
     else in Python (the same checks)."""
-    native = _steady_native.ready(len(plan.params))
+    native = _native.ready(len(plan.params))
     if native is not None:
-        found = native(group["params"], plan.params, opt.state, plan.keys,
+        found = native.gather(group["params"], plan.params, opt.state, plan.keys,
                        "step" if opt.counts_steps else None, plan.expect, plan.gptrs)
         return None if found is None else (*found, plan.gptrs)
     if not all(map(is_, group["params"], plan.params)):

@@ -14,6 +14,7 @@ from array import array
 
 import torch
 
+from ... import _native
 from .compiler import load
 
 _SOURCE = r"""
@@ -58,13 +59,23 @@ def _fn(dtype: torch.dtype, names: dict = _NAMES):
 
 
 def _scalar_fn(tensors: list[torch.Tensor], names: dict):
-    """The native function of ``names`` for 0-d CPU tensors of one float dtype, or None."""
+    """``(native function of names, data pointers)`` for one-element CPU tensors of one float
+    dtype, or None. The check and the pointers come from one C++ call where ``gradstep._native``
+    is built."""
     dtype = tensors[0].dtype
     if dtype not in names or _failed:
         return None
-    if not all(t.is_cpu and t.dtype is dtype and t.numel() == 1 for t in tensors):
+    helpers = _native.ready(len(tensors))
+    if helpers is not None:
+        ptrs = array("Q", bytes(8 * len(tensors)))
+        if not helpers.addresses(tensors, dtype is torch.float64, ptrs):
+            return None
+    elif all(t.is_cpu and t.dtype is dtype and t.numel() == 1 for t in tensors):
+        ptrs = array("Q", map(torch.Tensor.data_ptr, tensors))
+    else:
         return None
-    return _fn(dtype, names)
+    fn = _fn(dtype, names)
+    return None if fn is None else (fn, ptrs)
 
 
 def _call(fn, ptrs: array, values: array | None = None) -> array:
@@ -75,30 +86,26 @@ def _call(fn, ptrs: array, values: array | None = None) -> array:
     return buf
 
 
-def _ptrs(tensors: list[torch.Tensor]) -> array:
-    return array("Q", map(torch.Tensor.data_ptr, tensors))
-
-
 def load_cpu(tensors: list[torch.Tensor]) -> list[float] | None:
     """The values of 0-d CPU tensors of one float dtype, read in one call (or None)."""
-    fn = _scalar_fn(tensors, _LOAD_NAMES)
-    return None if fn is None else _call(fn, _ptrs(tensors)).tolist()
+    found = _scalar_fn(tensors, _LOAD_NAMES)
+    return None if found is None else _call(*found).tolist()
 
 
 def store_cpu(tensors: list[torch.Tensor], values: list[float]) -> bool:
     """Write ``values`` (already representable in the tensors' dtype) into 0-d CPU tensors of
     one float dtype, in one call; False (nothing written) if they are not such tensors."""
-    fn = _scalar_fn(tensors, _STORE_NAMES)
-    if fn is None:
+    found = _scalar_fn(tensors, _STORE_NAMES)
+    if found is None:
         return False
-    _call(fn, _ptrs(tensors), array("d", values))
+    _call(*found, array("d", values))
     return True
 
 
 def increment_cpu(steps: list[torch.Tensor]) -> list[float] | None:
     """Add one to CPU counters of one float dtype; ``None`` (nothing done) if they are not."""
-    fn = _scalar_fn(steps, _NAMES)
-    return None if fn is None else _call(fn, _ptrs(steps)).tolist()
+    found = _scalar_fn(steps, _NAMES)
+    return None if found is None else _call(*found).tolist()
 
 
 def function(dtype: torch.dtype):

@@ -1,6 +1,11 @@
-"""The steady path's per-step check of a group, in C++ (optional; see ``_steady.gather``).
+"""Host-side helpers in C++ that read many tensors from Python lists in one call (optional).
 
-A steady step (``_steady.py``) must confirm, for every parameter, that the tensors its plan was
+- ``gather``: the per-step check of a steady group (``algorithms/_steady.py``).
+- ``addresses``: the data pointers of one-element CPU tensors of one dtype (per-parameter 0-d
+  state such as step counters, ASGD's ``eta``/``mu``, NAdam's ``mu_product``), for the native
+  reads and writes of ``backends/cpu/steps.py``.
+
+A steady step must confirm, for every parameter, that the tensors its plan was
 built for are still the ones in place: the same parameter at the same address with the same
 size, a dense contiguous gradient (whose address it needs), and the same state tensors at the
 same addresses. In Python that is a dozen calls per parameter, each touching a tensor; over
@@ -10,8 +15,8 @@ tensor once, writes the gradients' addresses into a buffer and never creates a P
 per gradient.
 
 It is an accelerator only: where it cannot be built (no C++ compiler, no Python or torch
-headers, ``GRADSTEP_NATIVE_GATHER=0``) the Python check runs, with the same result; it also
-runs while the helper is being built, in the background, once per machine, torch and Python
+headers, ``GRADSTEP_NATIVE=0``) the same checks run in Python, with the same results; they also
+run while the module is being built, in the background, once per machine, torch and Python
 version (kept in the compiler cache of the fused CPU backend).
 """
 
@@ -27,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from ..backends.cpu import compiler
+from .backends.cpu import compiler
 
 _SOURCE = r"""
-// gradstep: the steady-state check of one parameter group (see _steady_native.py).
+// gradstep: host-side helpers over lists of tensors (see _native.py).
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <cstdint>
@@ -131,18 +136,46 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return result;
 }
 
+// addresses(tensors, float64, out) -> bool: whether every item of the list is a one-element CPU
+// tensor of float32 (float64 if the flag is true); if so, their data pointers are in ``out``.
+PyObject* addresses(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyList_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "addresses(list, bool, buffer)");
+    return nullptr;
+  }
+  const Py_ssize_t n = PyList_GET_SIZE(args[0]);
+  const c10::ScalarType want = PyObject_IsTrue(args[1]) ? c10::kDouble : c10::kFloat;
+  Py_buffer out;
+  if (PyObject_GetBuffer(args[2], &out, PyBUF_WRITABLE) < 0) return nullptr;
+  bool ok = out.len == n * 8;
+  try {
+    for (Py_ssize_t i = 0; ok && i < n; ++i) {
+      PyObject* obj = PyList_GET_ITEM(args[0], i);
+      if (!THPVariable_Check(obj)) { ok = false; break; }
+      const at::Tensor& t = THPVariable_Unpack(obj);
+      ok = t.device().is_cpu() && t.scalar_type() == want && t.numel() == 1;
+      if (ok) static_cast<uint64_t*>(out.buf)[i] = reinterpret_cast<uint64_t>(t.data_ptr());
+    }
+  } catch (...) {
+    ok = false;
+  }
+  PyBuffer_Release(&out);
+  return PyBool_FromLong(ok);
+}
+
 PyMethodDef methods[] = {
     {"gather", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gather)), METH_FASTCALL, nullptr},
+    {"addresses", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(addresses)), METH_FASTCALL, nullptr},
     {nullptr, nullptr, 0, nullptr}};
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradstep_steady", nullptr, -1, methods};
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "gradstep_native", nullptr, -1, methods};
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit_gradstep_steady(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_gradstep_native(void) { return PyModule_Create(&module); }
 """
 
 _lock = threading.Lock()
-_gather = None  # the compiled function, once built
+_module = None  # the compiled module, once built
 _builder: threading.Thread | None = None
 
 
@@ -165,42 +198,42 @@ def _build():
     # the versions go into the source, hence into the cache key
     source = f"// torch {torch.__version__}, Python {sys.version.split()[0]}\n" + _SOURCE
     path, keep = compiler.build(source, compiler.compiler("CXX", ("g++", "c++")), _toolchain())
-    loader = importlib.machinery.ExtensionFileLoader("gradstep_steady", str(path))
-    spec = importlib.util.spec_from_file_location("gradstep_steady", str(path), loader=loader)
+    loader = importlib.machinery.ExtensionFileLoader("gradstep_native", str(path))
+    spec = importlib.util.spec_from_file_location("gradstep_native", str(path), loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     module._gradstep_keep = keep  # a private build directory lives as long as the module
-    return module.gather
+    return module
 
 
-#: groups with fewer parameters do not start the build (their Python check is cheap enough)
+#: lists of fewer tensors do not start the build (their Python checks are cheap enough)
 WORTH_BUILDING = 64
 
 
-def ready(n_params: int = WORTH_BUILDING):
-    """The compiled ``gather`` if it is built, else None (the Python check runs meanwhile).
+def ready(n_tensors: int = WORTH_BUILDING):
+    """The compiled module if it is built, else None (the Python versions run meanwhile).
 
-    The first call for a group of at least ``WORTH_BUILDING`` parameters starts the build in a
+    The first call for a list of at least ``WORTH_BUILDING`` tensors starts the build in a
     background thread (10-15 s of compiling, once per machine), so that no step waits for it;
-    ``GRADSTEP_NATIVE_GATHER=0`` turns it off."""
-    if _gather is None and _builder is None and n_params >= WORTH_BUILDING:
+    ``GRADSTEP_NATIVE=0`` turns it off."""
+    if _module is None and _builder is None and n_tensors >= WORTH_BUILDING:
         _start()
-    return _gather
+    return _module
 
 
 def _start() -> None:
     global _builder
     with _lock:
-        if _builder is not None or os.environ.get("GRADSTEP_NATIVE_GATHER", "1") == "0":
+        if _builder is not None or os.environ.get("GRADSTEP_NATIVE", "1") == "0":
             return
-        _builder = threading.Thread(target=_build_quietly, name="gradstep-native-gather", daemon=True)
+        _builder = threading.Thread(target=_build_quietly, name="gradstep-native-build", daemon=True)
         _builder.start()
 
 
 def _build_quietly() -> None:
-    global _gather
+    global _module
     try:
-        _gather = _build()
+        _module = _build()
     except Exception:  # no compiler or headers, an unusual platform: the Python check stays
         pass
 
@@ -210,4 +243,4 @@ def wait(timeout: float | None = None):
     ready()
     if _builder is not None:
         _builder.join(timeout)
-    return _gather
+    return _module
