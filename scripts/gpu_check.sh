@@ -18,8 +18,11 @@ import time, torch, gradstep
 p = torch.nn.Parameter(torch.randn(1 << 20, device="cuda")); p.grad = torch.randn_like(p)
 t = time.perf_counter(); gradstep.AdamW([p], fused=True).step(); torch.cuda.synchronize()
 print("first fused AdamW step (compile included): %.2f s" % (time.perf_counter() - t))
+from gradstep import _native  # the steady path's C++ helpers: build them now, once
+t = time.perf_counter(); built = _native.wait()
+print("native helpers: %s (%.1f s)" % ("built" if built else "NOT built (Python checks run)", time.perf_counter() - t))
 PY
-timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/bench_cuda.py --sweep --repeats ${REPEATS:-7} \
+timeout ${BENCH_TIMEOUT:-240} $PY benchmarks/bench_cuda.py --sweep --repeats ${REPEATS:-7} \
   --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 echo "bench exit $?"
 timeout ${TEST_TIMEOUT:-240} $PY -m pytest tests/test_fused_cuda.py -k gpu -q -p no:cacheprovider \
