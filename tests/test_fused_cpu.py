@@ -449,6 +449,24 @@ def test_steady_state_notices_changes(mutate, steady_check):
     _assert_close(got, want, torch.float32)
 
 
+def test_steady_path_holds_no_references(steady_check):
+    """Once the optimizer is gone, so is its state: the steady path keeps no reference to
+    state dicts or tensors across steps."""
+    import gc
+    import weakref
+
+    params = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
+    opt = gradstep.Adam(params, lr=0.1)
+    for _ in range(6):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    refs = [weakref.ref(t) for st in opt.state.values() for t in st.values()]
+    del opt
+    gc.collect()
+    assert len(refs) == 9 and all(r() is None for r in refs)
+
+
 def test_steady_state_checks_before_updating_anything(steady_check):
     params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(6, 3))]
     opt = gradstep.Adam([{"params": [params[0]]}, {"params": [params[1]]}], lr=0.1)

@@ -99,7 +99,12 @@ PyObject* check(PyObject* params, PyObject* plan_params, PyObject* state, PyObje
   } catch (...) {  // e.g. a tensor without storage: not a steady group
     goto changed;
   }
-  return PyTuple_Pack(2, states, counters);  // (PyTuple_Pack takes its own references)
+  {
+    PyObject* found = PyTuple_Pack(2, states, counters);  // (takes references of its own)
+    Py_DECREF(states);
+    Py_DECREF(counters);
+    return found;
+  }
 changed:
   PyErr_Clear();
   Py_DECREF(states);
