@@ -14,7 +14,7 @@ import torch
 
 import gradstep
 from gradstep.algorithms import _elementwise
-from gradstep.backends import foreach
+from gradstep.backends import foreach, foreach_values
 
 _spec = importlib.util.spec_from_file_location(
     "foreach_memory", Path(__file__).parents[1] / "benchmarks" / "foreach_memory.py"
@@ -146,7 +146,7 @@ def test_in_place_ops_round_as_out_of_place(dtype, device):
         zero_d = [torch.tensor(0.7, device=device)] * 3
         S = foreach.TensorList.given(zero_d, graph, None, "scalar")
         exprs = [X * 0.37, X * 3, X * Y, X + Y, X + 0.5, X - Y, X / 1.7, X / Z, 2.0 - X,
-                 0.5 / Z, foreach._record(foreach._RECIPROCAL, Z), -X, X ** 2.0, ops.sqrt(Z),
+                 0.5 / Z, foreach._record(foreach_values._RECIPROCAL, Z), -X, X ** 2.0, ops.sqrt(Z),
                  ops.abs(X), ops.sign(X), ops.exp(X),
                  ops.maximum(X, Y), ops.minimum(X, Y), ops.lerp(X, Y, 0.1), ops.lerp(X, Y, w),
                  ops.clamp(X, -0.5, 0.5), ops.add(X, Y, -0.01), ops.addcmul(X, Y, Z, 0.001),

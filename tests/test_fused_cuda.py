@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
-import os
-import re
 import stat
 import sys
 import warnings

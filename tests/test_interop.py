@@ -7,7 +7,6 @@ torch.optim twin, and asks for the same numbers (float32 parity tolerance of tes
 
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.util
 import warnings

@@ -4,7 +4,6 @@ import copy
 import inspect
 import io
 import pickle
-import warnings
 
 import pytest
 import torch
@@ -216,7 +215,6 @@ def test_torch_global_hooks_fire_for_gradstep_optimizers():
 def test_step_pre_hook_can_replace_arguments():
     ps = params(2)
     opt = gradstep.Adam(ps)
-    losses = []
 
     def closure():
         ps[0].grad = torch.ones(2)

@@ -32,7 +32,6 @@ from array import array
 from collections.abc import Callable
 from itertools import chain, repeat
 from operator import is_, itemgetter
-from typing import Any
 
 import torch
 
