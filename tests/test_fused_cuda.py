@@ -541,9 +541,10 @@ def test_gpu_default_uses_triton(monkeypatch):
 
 @needs_gpu
 @pytest.mark.parametrize("cls", ALGORITHMS, ids=lambda c: c.__name__)
-def test_gpu_steady_plan_matches_torch(monkeypatch, cls):
+def test_gpu_steady_plan_matches_torch(monkeypatch, cls, steady_check):
     """Default flags on CUDA, every parameter with a gradient each step: after the first step
-    the group runs from its steady plan (_steady.py) and still gives torch's numbers."""
+    the group runs from its steady plan (_steady.py), checked in C++ or in Python, and still
+    gives torch's numbers."""
     from gradstep.algorithms import _steady
 
     steady = []
