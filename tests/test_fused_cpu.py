@@ -502,6 +502,7 @@ CHECK_CASES = [
     (lambda opt, ps: [setattr(p, "grad", p.grad.clone()) for p in ps], True),  # new gradients
     (_new_state_dict_same_tensors, True),
     (lambda opt, ps: setattr(opt, "state", type(opt.state)(dict, opt.state)), True),
+    (lambda opt, ps: opt.param_groups[0].__setitem__("params", tuple(ps)), False),
     (lambda opt, ps: setattr(ps[2], "grad", None), False),
     (lambda opt, ps: setattr(ps[0], "grad", torch.zeros(5, 3).t()), False),
     (_sparse_grad, False),

@@ -114,12 +114,13 @@ changed:
 
 // gather(params, plan_params, state, keys, step_key, expect, grad_ptrs) -> tuple | None
 PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 7 || !PyList_Check(args[0]) || !PyList_Check(args[1]) || !PyTuple_Check(args[3]) ||
+  if (nargs != 7 || !PyList_Check(args[1]) || !PyTuple_Check(args[3]) ||
       !(args[4] == Py_None || PyUnicode_Check(args[4]))) {
     PyErr_SetString(PyExc_TypeError, "gather(list, list, dict, tuple, str | None, buffer, buffer)");
     return nullptr;
   }
-  if (!PyDict_Check(args[2])) Py_RETURN_NONE;  // an optimizer whose state is not a dict
+  // a group whose params are not a list, an optimizer whose state is not a dict: not steady
+  if (!PyList_Check(args[0]) || !PyDict_Check(args[2])) Py_RETURN_NONE;
   const Py_ssize_t n = PyList_GET_SIZE(args[0]), k = PyTuple_GET_SIZE(args[3]);
   const Py_ssize_t words = n * (2 + 2 * k + (args[4] == Py_None ? 0 : 2));
   Py_buffer expect, out;

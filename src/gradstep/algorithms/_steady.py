@@ -145,12 +145,15 @@ def _check(opt, group, plan: _Plan):
     """``(state dicts, step counters, gradients' addresses)`` if the group's tensors are those
     ``plan`` was built for, else None: in one C++ call where ``_native`` could be built,
     else in Python (the same checks)."""
+    params = group["params"]
+    if params.__class__ is not list:  # (torch's add_param_group makes a list; keep to that)
+        return None
     native = _native.ready(len(plan.params))
     if native is not None:
-        found = native.gather(group["params"], plan.params, opt.state, plan.keys,
-                       "step" if opt.counts_steps else None, plan.expect, plan.gptrs)
+        found = native.gather(params, plan.params, opt.state, plan.keys,
+                              "step" if opt.counts_steps else None, plan.expect, plan.gptrs)
         return None if found is None else (*found, plan.gptrs)
-    if not all(map(is_, group["params"], plan.params)):
+    if not all(map(is_, params, plan.params)):
         return None
     gathered = _gather(opt, group, plan.keys)
     if gathered is None or gathered[5] != plan.key:
