@@ -352,6 +352,28 @@ def test_steady_plan_on_triton_matches_torch_and_sees_changes(interpret, monkeyp
     assert len(steady) >= 6 and len(planned) >= 6
 
 
+def test_gpu_benchmark_sweep_runs(interpret, monkeypatch):
+    """The launch-shape sweep of ``gradstep bench --device cuda`` (run in the interpreter on CPU
+    tensors, as its only other chance to run is a GPU session): every shape and cache-hint
+    variant steps, the default is timed again last, and the fastest is kept."""
+    from gradstep import benchmark_cuda
+    from gradstep.algorithms import _steady
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(cuda_backend, "_runner", runner.run_triton)
+    monkeypatch.setattr(_steady, "_runs_triton", lambda params: True)
+    for name in ("BLOCK", "PER_PROGRAM", "NUM_WARPS", "STREAM"):
+        monkeypatch.setattr(runner, name, getattr(runner, name))  # restored after the sweep
+    params = benchmark_cuda.make_set([(300,), (17, 5), (64,)], "cpu")
+    configs = ((64, 2, 4, False), (32, 1, 2, True))
+    with backend(runner.run_triton):
+        out = benchmark_cuda.sweep(params, repeats=1, copy_bw=1e9, configs=configs)
+    assert [(r["block"], r["per_program"], r["warps"], r["stream"]) for r in out] == [*configs, configs[0]]
+    assert all(r["seconds"] > 0 and r["fraction_of_copy"] > 0 for r in out)
+    best = min(out, key=lambda r: r["seconds"])
+    assert (runner.BLOCK, runner.STREAM) == (best["block"], best["stream"])
+
+
 def test_scalar_changes_do_not_regenerate(interpret):
     """A new lr or step count is a kernel argument: the same kernel object runs."""
     opt = gradstep.Adam(clone_params(make_params()), lr=0.1)
