@@ -374,6 +374,32 @@ def test_gpu_benchmark_sweep_runs(interpret, monkeypatch):
     assert (runner.BLOCK, runner.STREAM) == (best["block"], best["stream"])
 
 
+def test_gpu_benchmark_rows_interleave_and_fall_back(interpret, monkeypatch):
+    """``gradstep bench --device cuda`` times an algorithm's implementations interleaved, and one
+    after another when their states do not fit side by side (run here through the
+    interpreter, on CPU tensors)."""
+    from gradstep import benchmark_cuda
+    from gradstep.algorithms import _steady
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda *a, **k: None)
+    monkeypatch.setattr(cuda_backend, "_runner", runner.run_triton)
+    monkeypatch.setattr(_steady, "_runs_triton", lambda params: True)
+    params = benchmark_cuda.make_set([(300,), (17, 5)], "cpu")
+    labels = ["gradstep", "gradstep fused", "torch default", "torch foreach", "torch fused"]
+    with backend(runner.run_triton):
+        (row,) = benchmark_cuda.run_set("small", params, [gradstep.Adam], 2, 1e9)
+        assert row["interleaved"] and all(row[label] > 0 for label in labels)
+        assert 0 < row["fraction_of_copy"] and 0 < row["fraction_of_copy_fused"]
+
+        def out_of_memory(*args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("states do not fit side by side")
+
+        monkeypatch.setattr(benchmark_cuda, "time_interleaved", out_of_memory)
+        (row,) = benchmark_cuda.run_set("small", params, [gradstep.Adam], 2, 1e9)
+        assert not row["interleaved"] and all(row[label] > 0 for label in labels)
+
+
 def test_scalar_changes_do_not_regenerate(interpret):
     """A new lr or step count is a kernel argument: the same kernel object runs."""
     opt = gradstep.Adam(clone_params(make_params()), lr=0.1)

@@ -11,8 +11,10 @@ gradstep's bytes moved per second as a fraction of the device's measured copy ba
     python benchmarks/bench_cuda.py [--params 1e9] [--small 5000] [--sweep] [--json out.json]
 
 Medians from one process and one run: compare ratios, and absolute numbers only on the same card.
-The implementations are timed one after another (not interleaved: the large set's optimizer
-states would not fit side by side on an 80 GB card).
+The implementations of an algorithm are timed interleaved: all are built on the same parameters,
+and each round steps every one of them once, in a rotating order, so a drift of the device
+touches them alike. Where their states do not fit side by side (out of memory), they are
+timed one after another instead (``interleaved: false`` in the JSON).
 """
 
 from __future__ import annotations
@@ -76,6 +78,25 @@ def copy_bandwidth(device, nbytes: int = 2 << 30, repeats: int = 20) -> float:
     return 2 * nbytes / statistics.median(times[3:])
 
 
+def time_interleaved(opts: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median step time of each optimizer (all on the same parameters), stepping them in turn
+    in a rotating order, so that a drift of the device (clocks, temperature, other work)
+    touches every implementation alike and their ratios stay fair."""
+    for opt in opts.values():
+        for _ in range(warmup):
+            opt.step()
+    torch.cuda.synchronize()
+    labels = list(opts)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(repeats):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            t0 = time.perf_counter()
+            opts[label].step()
+            torch.cuda.synchronize()
+            times[label].append(time.perf_counter() - t0)
+    return {label: statistics.median(v) for label, v in times.items()}
+
+
 def time_steps(opt, repeats: int, warmup: int = 2) -> float:
     opt.step()  # state creation, kernel compilation
     for _ in range(warmup):
@@ -131,27 +152,60 @@ def implementations(cls):
     return out
 
 
+def _release() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _time_row(row: dict, params, cls, repeats: int) -> dict:
+    """Step times of every implementation of ``cls`` into ``row``: interleaved (all optimizers
+    alive at once), or one after another where their states do not fit side by side."""
+    opts = {}
+    try:
+        for label, make in implementations(cls):
+            try:
+                opts[label] = make(params)
+                opts[label].step()  # state creation, kernel compilation
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. torch's fused Adagrad is CPU-only
+                opts.pop(label, None)
+                row[label + " error"] = f"{type(exc).__name__}: {exc}"[:200]
+        row.update(time_interleaved(opts, repeats))
+        row["interleaved"] = True
+        return row
+    except torch.cuda.OutOfMemoryError:
+        pass
+    finally:
+        opts.clear()
+        _release()
+    row["interleaved"] = False
+    for label, make in implementations(cls):
+        if label + " error" in row:
+            continue
+        try:
+            row[label] = time_steps(make(params), repeats)
+        except Exception as exc:  # noqa: BLE001
+            row[label + " error"] = f"{type(exc).__name__}: {exc}"[:200]
+        _release()
+    return row
+
+
 def run_set(name, params, classes, repeats, copy_bw, on_row=lambda row: None):
     numel = sum(p.numel() for p in params)
     rows = []
     for cls in classes:
         row = {"set": name, "algorithm": cls.__name__, "params": numel, "tensors": len(params)}
-        for label, make in implementations(cls):
-            try:
-                opt = make(params)
-                row[label] = time_steps(opt, repeats)
-            except Exception as exc:  # noqa: BLE001 - e.g. torch's fused Adagrad is CPU-only
-                row[label + " error"] = f"{type(exc).__name__}: {exc}"[:200]
-                opt = None
-            if label == "gradstep" and label in row:
-                moved = bytes_per_step(opt, numel)
-                if moved:
-                    row["bytes"] = moved
-                    row["bandwidth"] = moved / row[label]
-                    row["fraction_of_copy"] = row["bandwidth"] / copy_bw
-            del opt
-            gc.collect()
-            torch.cuda.empty_cache()
+        _time_row(row, params, cls, repeats)
+        _release()
+        moved = bytes_per_step(cls(params, lr=1e-3), numel)  # (the traced rule of those runs)
+        if moved:
+            row["bytes"] = moved
+            for label, key in (("gradstep", "fraction_of_copy"), ("gradstep fused", "fraction_of_copy_fused")):
+                if label in row:
+                    row[key] = moved / row[label] / copy_bw
+            if "gradstep" in row:
+                row["bandwidth"] = moved / row["gradstep"]
         rows.append(row)
         on_row(row)
         print(format_row(row), flush=True)
@@ -166,7 +220,7 @@ def format_row(row) -> str:
         return f"{row[a] / row[b]:6.2f}" if a in row and b in row else "     -"
 
     best = "gradstep fused" if "gradstep fused" in row else "gradstep"
-    frac = f"{row['fraction_of_copy'] * 100:5.1f}%" if "fraction_of_copy" in row else "    -"
+    frac = "/".join(f"{row[k] * 100:5.1f}%" for k in ("fraction_of_copy", "fraction_of_copy_fused") if k in row) or "    -"
     return (f"{row['set']:6} {row['algorithm']:9} gs {ms('gradstep')} gs-fused {ms('gradstep fused')} "
             f"t-def {ms('torch default')} t-fe {ms('torch foreach')} t-fused {ms('torch fused')} ms | "
             f"fused/t-fused {ratio(best, 'torch fused')} t-def/gs {ratio('torch default', 'gradstep')} "
