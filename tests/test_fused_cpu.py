@@ -581,6 +581,31 @@ def test_native_and_python_scalar_addresses_agree(case, monkeypatch):
         assert [t.item() for t in ts] == [v + 0.5 for v in got]
 
 
+def test_native_builds_take_turns_across_processes(fresh_cache):
+    """Processes sharing the cache (the ranks of one job) build the native helpers one at a
+    time: a build waits while another process holds the build lock."""
+    import time
+
+    from gradstep import _native
+
+    if _native.fcntl is None:
+        pytest.skip("no fcntl: builds are not serialised here")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from gradstep import _native\n"
+         "with _native._one_build_at_a_time():\n"
+         "    print('locked', flush=True); time.sleep(1.5)"],
+        stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, GRADSTEP_CACHE_DIR=str(fresh_cache)),
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    start = time.perf_counter()
+    with _native._one_build_at_a_time():
+        waited = time.perf_counter() - start
+    holder.wait(timeout=60)
+    assert waited > 0.5
+
+
 def test_bf16_fp16_conversions_match_torch():
     """The generated loads/stores round exactly as torch converts (round to nearest even,
     subnormals, infinities, NaN), checked on every 16-bit pattern and on random floats."""

@@ -22,6 +22,7 @@ version (kept in the compiler cache of the fused CPU backend).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import os
@@ -31,6 +32,11 @@ import threading
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised
+    fcntl = None
 
 from .backends.cpu import compiler
 
@@ -200,10 +206,28 @@ def _toolchain() -> compiler.Toolchain:
     return compiler.Toolchain(flags, ".cpp", libs)
 
 
+@contextlib.contextmanager
+def _one_build_at_a_time():
+    """Hold a lock file in the compiler cache while building: the ranks of a distributed job
+    share the cache, and each compile of torch's headers takes about a gigabyte of memory, so
+    one process compiles while the others wait for its result (in their background threads)."""
+    directory = compiler.cache_dir()
+    if directory is None or fcntl is None:
+        yield
+        return
+    with open(directory / "native.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _build():
     # the versions go into the source, hence into the cache key
     source = f"// torch {torch.__version__}, Python {sys.version.split()[0]}\n" + _SOURCE
-    path, keep = compiler.build(source, compiler.compiler("CXX", ("g++", "c++")), _toolchain())
+    with _one_build_at_a_time():
+        path, keep = compiler.build(source, compiler.compiler("CXX", ("g++", "c++")), _toolchain())
     loader = importlib.machinery.ExtensionFileLoader("gradstep_native", str(path))
     spec = importlib.util.spec_from_file_location("gradstep_native", str(path), loader=loader)
     module = importlib.util.module_from_spec(spec)
