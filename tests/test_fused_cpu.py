@@ -436,17 +436,44 @@ def _drop_grads(step, opt, params):
         params[2].grad = None  # fewer params with grads; step counts diverge
 
 
+def _frozen_then_thawed(step, opt, params):
+    if step == 0:
+        params[1].requires_grad_(False)
+    if step < 5:
+        params[1].grad = None  # frozen: never a gradient, the others step from the plan
+    if step == 5:
+        params[1].requires_grad_(True)  # and back: its first step, the others' sixth
+
+
 def _noncontiguous_grad(step, opt, params):
     if step == 4:
         params[0].grad = torch.randn(3, 4, generator=torch.Generator().manual_seed(7)).t()
 
 
 @pytest.mark.parametrize("mutate", [_replace_state, _swap_param_data, _change_options, _drop_grads,
-                                    _noncontiguous_grad])
+                                    _frozen_then_thawed, _noncontiguous_grad])
 def test_steady_state_notices_changes(mutate, steady_check):
     got = _steady_run(dict(lr=0.01), mutate=mutate)
     want = _steady_run(dict(lr=0.01, foreach=False), mutate=mutate)
     _assert_close(got, want, torch.float32)
+
+
+def test_steady_path_skips_params_without_gradients(steady_check, monkeypatch):
+    """A group with a frozen parameter (never a gradient) still takes the steady path, with the
+    generic path's numbers."""
+    from gradstep.algorithms import _steady
+
+    taken = []
+    real = _steady.prepare
+    monkeypatch.setattr(_steady, "prepare", lambda o, g: taken.append(real(o, g)) or taken[-1])
+
+    def freeze(step, opt, params):
+        params[2].grad = None
+
+    fast = _steady_run(dict(lr=0.01), mutate=freeze)
+    assert sum(f is not None for f in taken) >= 6
+    monkeypatch.setattr(_steady, "prepare", lambda o, g: None)
+    _assert_equal(fast, _steady_run(dict(lr=0.01), mutate=freeze))
 
 
 def test_steady_path_holds_no_references(steady_check):
@@ -504,6 +531,7 @@ CHECK_CASES = [
     (lambda opt, ps: setattr(opt, "state", type(opt.state)(dict, opt.state)), True),
     (lambda opt, ps: opt.param_groups[0].__setitem__("params", tuple(ps)), False),
     (lambda opt, ps: setattr(ps[2], "grad", None), False),
+    (lambda opt, ps: setattr(ps[0], "grad", ps[0].grad.to_sparse()), False),
     (lambda opt, ps: setattr(ps[0], "grad", torch.zeros(5, 3).t()), False),
     (_sparse_grad, False),
     (lambda opt, ps: opt.state[ps[1]].__setitem__("exp_avg", opt.state[ps[1]]["exp_avg"].clone()), False),
@@ -516,7 +544,16 @@ CHECK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(CHECK_CASES)))
+# with a parameter that never had a gradient: (what changes, whether still steady)
+FROZEN_CASES = [
+    (lambda opt, ps: None, True),
+    (lambda opt, ps: setattr(ps[1], "grad", torch.zeros(4)), False),  # it gets one
+    (lambda opt, ps: setattr(ps[0], "grad", None), False),  # another loses its own
+]
+
+
+@pytest.mark.parametrize("case", [("all", i) for i in range(len(CHECK_CASES))]
+                         + [("frozen", i) for i in range(len(FROZEN_CASES))])
 def test_native_and_python_checks_agree(case, monkeypatch):
     """The steady path's per-step check gives the same answer in C++ and in Python: the same
     state dicts, step counters and gradient addresses, or both "changed"."""
@@ -525,12 +562,13 @@ def test_native_and_python_checks_agree(case, monkeypatch):
 
     if _native.wait() is None:
         pytest.skip("the native helpers could not be built here")
-    mutate, steady = CHECK_CASES[case]
+    frozen = case[0] == "frozen"
+    mutate, steady = (FROZEN_CASES if frozen else CHECK_CASES)[case[1]]
     params = [torch.nn.Parameter(torch.randn(s)) for s in ((3, 5), (4,), (2, 2))]
     opt = gradstep.Adam(params, lr=0.1)
     for _ in range(2):
         for p in params:
-            p.grad = torch.randn_like(p)
+            p.grad = None if frozen and p is params[1] else torch.randn_like(p)
         opt.step()
     group = opt.param_groups[0]
     plan = opt._gradstep_plans[id(group)]
@@ -543,7 +581,8 @@ def test_native_and_python_checks_agree(case, monkeypatch):
     if steady:
         assert all(map(lambda a, b: a is b, got[0], want[0]))
         assert all(map(lambda a, b: a is b, got[1], want[1]))
-        assert got[2] == list(want[2]) == [p.grad.data_ptr() for p in params]
+        stepped = [p for p in params if p.grad is not None]
+        assert got[2] == list(want[2]) == [p.grad.data_ptr() for p in stepped]
 
 
 @pytest.mark.parametrize("case", ["float32", "float64", "mixed", "two elements", "int",

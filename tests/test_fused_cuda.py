@@ -400,6 +400,29 @@ def test_gpu_benchmark_rows_interleave_and_fall_back(interpret, monkeypatch):
         assert not row["interleaved"] and all(row[label] > 0 for label in labels)
 
 
+def test_steady_plan_on_triton_skips_a_frozen_param(interpret, monkeypatch, steady_check):
+    """A group with a parameter that never has a gradient takes the planned launches over the
+    others, with torch's numbers."""
+    from gradstep.algorithms import _steady
+
+    monkeypatch.setattr(_steady, "_runs_triton", lambda params: True)
+    monkeypatch.setattr(cuda_backend, "_runner", runner.run_triton)
+    planned = []
+    real_planned = runner.run_planned
+    monkeypatch.setattr(runner, "run_planned", lambda *a: planned.append(1) or real_planned(*a))
+    base = make_params()
+    pa, pb = clone_params(base), clone_params(base)
+    oa, ob = gradstep.Adam(pa, lr=0.05), torch.optim.Adam(pb, lr=0.05)
+    for step in range(6):
+        for i, (x, y, g) in enumerate(zip(pa, pb, grads_for(base, step))):
+            x.grad, y.grad = (None, None) if i == 1 else (g.clone(), g.clone())
+        with backend(_triton):
+            oa.step()
+        ob.step()
+        _compare(oa, ob, pa, pb, torch.float32, f"step {step}")
+    assert len(planned) >= 4 and all(p is not pa[1] for p in oa.state)
+
+
 def test_scalar_changes_do_not_regenerate(interpret):
     """A new lr or step count is a kernel argument: the same kernel object runs."""
     opt = gradstep.Adam(clone_params(make_params()), lr=0.1)

@@ -59,13 +59,16 @@ bool same_state(PyObject* st, PyObject* key, uint64_t id, uint64_t ptr) {
   return v != nullptr && reinterpret_cast<uint64_t>(v) == id && at_address(v, ptr);
 }
 
-// ``(states, counters)``, new lists of the group's state dicts and step counters (None without
-// ``step_key``), if the group is as ``expect`` describes; else None. ``expect`` holds, as
-// uint64: the params' addresses and sizes; the state tensors' addresses then ids (role after
-// role); the step counters' addresses then ids (with ``step_key``).
-PyObject* check(PyObject* params, PyObject* plan_params, PyObject* state, PyObject* keys,
-                PyObject* step_key, const uint64_t* expect, uint64_t* grad_ptrs) {
-  const Py_ssize_t n = PyList_GET_SIZE(params), k = PyTuple_GET_SIZE(keys);
+// ``(states, counters)``, new lists of the state dicts and step counters (None without
+// ``step_key``) of the group's params that ``stepped`` marks, if the group is as ``expect``
+// describes; else None. The marked params (``n``) have a dense contiguous gradient, the others
+// none. ``expect`` holds, as uint64, for the marked params: their addresses and sizes; their
+// state tensors' addresses then ids (role after role); their step counters' addresses then ids
+// (with ``step_key``).
+PyObject* check(PyObject* params, PyObject* plan_params, const uint8_t* stepped, Py_ssize_t n,
+                PyObject* state, PyObject* keys, PyObject* step_key, const uint64_t* expect,
+                uint64_t* grad_ptrs) {
+  const Py_ssize_t k = PyTuple_GET_SIZE(keys);
   const uint64_t *p_ptr = expect, *p_numel = expect + n;
   const uint64_t *s_ptr = p_numel + n, *s_id = s_ptr + k * n;
   const uint64_t *c_ptr = s_id + k * n, *c_id = c_ptr + n;
@@ -78,17 +81,23 @@ PyObject* check(PyObject* params, PyObject* plan_params, PyObject* state, PyObje
     return nullptr;
   }
   try {
-    for (Py_ssize_t i = 0; i < n; ++i) {
-      PyObject* p = PyList_GET_ITEM(params, i);
-      if (p != PyList_GET_ITEM(plan_params, i) || !THPVariable_Check(p)) goto changed;
+    Py_ssize_t i = 0;  // among the marked params
+    for (Py_ssize_t a = 0; a < PyList_GET_SIZE(params); ++a) {
+      PyObject* p = PyList_GET_ITEM(params, a);
+      if (p != PyList_GET_ITEM(plan_params, a) || !THPVariable_Check(p)) goto changed;
       const at::Tensor& t = THPVariable_Unpack(p);
+      if (!stepped[a]) {  // a param without a gradient (e.g. a frozen one) must stay so
+        if (t.grad().defined()) goto changed;
+        continue;
+      }
+      if (i == n) goto changed;
       if (reinterpret_cast<uint64_t>(t.data_ptr()) != p_ptr[i] ||
           static_cast<uint64_t>(t.numel()) != p_numel[i]) goto changed;
       const at::Tensor& g = t.grad();
       if (!g.defined() || g.layout() != c10::kStrided || !g.is_contiguous()) goto changed;
       grad_ptrs[i] = reinterpret_cast<uint64_t>(g.data_ptr());
       if (k == 0 && !counted) {  // an algorithm without state (SGD without momentum)
-        PyList_SET_ITEM(states, i, PyDict_New());
+        PyList_SET_ITEM(states, i++, PyDict_New());
         continue;
       }
       PyObject* st = PyDict_GetItemWithError(state, p);
@@ -101,7 +110,9 @@ PyObject* check(PyObject* params, PyObject* plan_params, PyObject* state, PyObje
         PyList_SET_ITEM(counters, i, Py_NewRef(reinterpret_cast<PyObject*>(c_id[i])));
       }
       PyList_SET_ITEM(states, i, Py_NewRef(st));
+      ++i;
     }
+    if (i != n) goto changed;
   } catch (...) {  // e.g. a tensor without storage: not a steady group
     goto changed;
   }
@@ -118,30 +129,34 @@ changed:
   Py_RETURN_NONE;
 }
 
-// gather(params, plan_params, state, keys, step_key, expect, grad_ptrs) -> tuple | None
+// gather(params, plan_params, stepped, state, keys, step_key, expect, grad_ptrs) -> tuple | None
 PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 7 || !PyList_Check(args[1]) || !PyTuple_Check(args[3]) ||
-      !(args[4] == Py_None || PyUnicode_Check(args[4]))) {
-    PyErr_SetString(PyExc_TypeError, "gather(list, list, dict, tuple, str | None, buffer, buffer)");
+  if (nargs != 8 || !PyList_Check(args[1]) || !PyBytes_Check(args[2]) || !PyTuple_Check(args[4]) ||
+      !(args[5] == Py_None || PyUnicode_Check(args[5])) ||
+      PyBytes_GET_SIZE(args[2]) != PyList_GET_SIZE(args[1])) {
+    PyErr_SetString(PyExc_TypeError,
+                    "gather(list, list, bytes, dict, tuple, str | None, buffer, buffer)");
     return nullptr;
   }
   // a group whose params are not a list, an optimizer whose state is not a dict: not steady
-  if (!PyList_Check(args[0]) || !PyDict_Check(args[2])) Py_RETURN_NONE;
-  const Py_ssize_t n = PyList_GET_SIZE(args[0]), k = PyTuple_GET_SIZE(args[3]);
-  const Py_ssize_t words = n * (2 + 2 * k + (args[4] == Py_None ? 0 : 2));
+  if (!PyList_Check(args[0]) || !PyDict_Check(args[3]) ||
+      PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[1])) Py_RETURN_NONE;
   Py_buffer expect, out;
-  if (PyObject_GetBuffer(args[5], &expect, PyBUF_SIMPLE) < 0) return nullptr;
-  if (PyObject_GetBuffer(args[6], &out, PyBUF_WRITABLE) < 0) {
+  if (PyObject_GetBuffer(args[6], &expect, PyBUF_SIMPLE) < 0) return nullptr;
+  if (PyObject_GetBuffer(args[7], &out, PyBUF_WRITABLE) < 0) {
     PyBuffer_Release(&expect);
     return nullptr;
   }
+  const Py_ssize_t n = out.len / 8, k = PyTuple_GET_SIZE(args[4]);
+  const Py_ssize_t words = n * (2 + 2 * k + (args[5] == Py_None ? 0 : 2));
   PyObject* result;
-  if (PyList_GET_SIZE(args[1]) != n || expect.len != words * 8 || out.len != n * 8) {
-    PyErr_SetString(PyExc_ValueError, "gather: buffer sizes do not match the group");
+  if (expect.len != words * 8 || out.len != n * 8) {
+    PyErr_SetString(PyExc_ValueError, "gather: buffer sizes do not match the plan");
     result = nullptr;
   } else {
-    result = check(args[0], args[1], args[2], args[3], args[4],
-                   static_cast<const uint64_t*>(expect.buf), static_cast<uint64_t*>(out.buf));
+    result = check(args[0], args[1], reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(args[2])),
+                   n, args[3], args[4], args[5], static_cast<const uint64_t*>(expect.buf),
+                   static_cast<uint64_t*>(out.buf));
   }
   PyBuffer_Release(&expect);
   PyBuffer_Release(&out);

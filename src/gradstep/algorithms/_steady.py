@@ -9,7 +9,9 @@ keeps a *plan* of what stays the same between steps (the parameters, options, st
 kernel, tensor layouts and element offsets). The next step only
 
 - checks that the plan still holds: the same parameter objects, options, config and state keys;
-  every parameter has a dense, contiguous gradient; the parameters' and states' data pointers,
+  the same parameters as at the last step have a gradient, dense and contiguous (parameters
+  without one, frozen ones say, are skipped as the generic step skips them, while they stay
+  without); the parameters' and states' data pointers,
   the parameters' element counts and the state tensors' identities are those the plan was
   built for (so a replaced state, a ``p.data`` swap or a resized tensor is noticed);
 - then advances the step counters (one native call on the CPU; on CUDA one foreach op, with
@@ -49,9 +51,9 @@ _MAX_BACKOFF = 1024
 
 
 class _Plan:
-    __slots__ = ("group", "params", "flags", "cfg", "keys", "dtypes", "key", "ptrs", "offsets",
-                 "step_ptrs", "step_fn", "launch", "rows", "state_ptrs", "expect",
-                 "gptrs", "failures", "skip")
+    __slots__ = ("group", "group_params", "stepped", "params", "flags", "cfg", "keys", "dtypes",
+                 "key", "ptrs", "offsets", "step_ptrs", "step_fn", "launch", "rows", "state_ptrs",
+                 "expect", "gptrs", "failures", "skip")
 
     def __init__(self, group):
         self.group = group
@@ -83,14 +85,14 @@ def _eligible_class(opt) -> bool:
     return False
 
 
-def _gather(opt, group, plan_keys):
-    """Per-step inputs of a group, or None when the steady state does not hold.
+def _gather(opt, params, plan_keys):
+    """Per-step inputs of a group's ``params`` (those that step), or None when the steady
+    state does not hold.
 
     The last item is what a plan must find unchanged: the data pointers and element counts
     its kernel calls (and the runner's cached work lists) were built for, and the identities
     of the state tensors (so a replaced state is noticed even at a reused address).
     """
-    params = group["params"]
     grads = [p.grad for p in params]
     if any(map(is_, grads, repeat(None))) or not all(map(_is_contiguous, grads)):
         return None
@@ -126,7 +128,7 @@ def prepare(opt, group: dict) -> Callable[[], None] | None:
     plan = plans.get(id(group)) if plans else None
     if plan is None or plan.params is None or plan.group is not group:
         return None
-    if len(group["params"]) != len(plan.params):
+    if len(group["params"]) != len(plan.group_params):
         return None
     if _flags(group) != plan.flags or opt._config(group) != plan.cfg or tuple(opt._state_keys(group)) != plan.keys:
         return None
@@ -150,12 +152,14 @@ def _check(opt, group, plan: _Plan):
         return None
     native = _native.ready(len(plan.params))
     if native is not None:
-        found = native.gather(params, plan.params, opt.state, plan.keys,
+        found = native.gather(params, plan.group_params, plan.stepped, opt.state, plan.keys,
                               "step" if opt.counts_steps else None, plan.expect, plan.gptrs)
         return None if found is None else (*found, plan.gptrs)
-    if not all(map(is_, params, plan.params)):
+    if not all(map(is_, params, plan.group_params)):
         return None
-    gathered = _gather(opt, group, plan.keys)
+    if len(plan.params) != len(params) and bytes(p.grad is not None for p in params) != plan.stepped:
+        return None
+    gathered = _gather(opt, plan.params, plan.keys)
     if gathered is None or gathered[5] != plan.key:
         return None
     _, grads, sts, _, counters, _ = gathered
@@ -229,8 +233,7 @@ def _build(opt, group, params, plan: _Plan) -> bool:
     if (
         group.get("differentiable") or group.get("capturable")
         or not (fused or (fused is None and foreach is None))
-        or len(params) != len(group["params"]) or not params
-        or not _eligible_class(opt)
+        or not params or not _eligible_class(opt)
     ):
         return False
     dtype = params[0].dtype
@@ -240,7 +243,7 @@ def _build(opt, group, params, plan: _Plan) -> bool:
         return False
     keys = tuple(opt._state_keys(group))
     plan.launch = plan.rows = plan.step_fn = None
-    gathered = _gather(opt, group, keys)
+    gathered = _gather(opt, params, keys)
     if gathered is None:
         return False
     _, grads, sts, cols, counters, key = gathered
@@ -264,7 +267,7 @@ def _build(opt, group, params, plan: _Plan) -> bool:
     offsets = array("q", [0])
     for n in key[1]:
         offsets.append(offsets[-1] + n)
-    _settle(opt, group, plan, keys, key)
+    _settle(opt, group, plan, params, keys, key)
     plan.dtypes = tuple(runner.DTYPES[lst[0].dtype] for lst in [params, grads, *cols])
     plan.ptrs = array("Q", chain(key[0], [0] * len(params), key[2]))
     plan.offsets = offsets
@@ -285,16 +288,21 @@ def _build_triton(opt, group, params, plan: _Plan, keys, gathered) -> bool:
     from ..backends.cuda import runner as triton_runner
 
     _, grads, _, cols, _, key = gathered
-    _settle(opt, group, plan, keys, key)
+    _settle(opt, group, plan, params, keys, key)
     plan.launch = triton_runner
     plan.rows = triton_runner.plan_rows([params, grads, *cols])
     return True
 
 
-def _settle(opt, group, plan: _Plan, keys, key) -> None:
-    """Record what every plan holds; from here ``prepare`` can take the group's next step."""
-    n = len(group["params"])
-    plan.params = list(group["params"])
+def _settle(opt, group, plan: _Plan, params, keys, key) -> None:
+    """Record what every plan holds; from here ``prepare`` can take the group's next step.
+
+    ``params`` are the group's parameters that stepped (had a gradient); the plan holds while
+    exactly those have one (frozen parameters, say, never do)."""
+    n = len(params)
+    plan.group_params = list(group["params"])
+    plan.stepped = bytes(p.grad is not None for p in plan.group_params)
+    plan.params = list(params)
     plan.flags = _flags(group)
     plan.cfg = opt._config(group)
     plan.keys = keys
