@@ -554,14 +554,12 @@ FROZEN_CASES = [
 
 @pytest.mark.parametrize("case", [("all", i) for i in range(len(CHECK_CASES))]
                          + [("frozen", i) for i in range(len(FROZEN_CASES))])
-def test_native_and_python_checks_agree(case, monkeypatch):
+def test_native_and_python_checks_agree(case, monkeypatch, native_helpers):
     """The steady path's per-step check gives the same answer in C++ and in Python: the same
     state dicts, step counters and gradient addresses, or both "changed"."""
     from gradstep import _native
     from gradstep.algorithms import _steady
 
-    if _native.wait() is None:
-        pytest.skip("the native helpers could not be built here")
     frozen = case[0] == "frozen"
     mutate, steady = (FROZEN_CASES if frozen else CHECK_CASES)[case[1]]
     params = [torch.nn.Parameter(torch.randn(s)) for s in ((3, 5), (4,), (2, 2))]
@@ -587,13 +585,11 @@ def test_native_and_python_checks_agree(case, monkeypatch):
 
 @pytest.mark.parametrize("case", ["float32", "float64", "mixed", "two elements", "int",
                                   "a number", "a view", "empty"])
-def test_native_and_python_scalar_addresses_agree(case, monkeypatch):
+def test_native_and_python_scalar_addresses_agree(case, monkeypatch, native_helpers):
     """The 0-d state helpers (``steps``) accept the same tensors with the C++ check as with the
     Python one, and read and write the same values."""
     from gradstep import _native
 
-    if _native.wait() is None:
-        pytest.skip("the native helpers could not be built here")
     ts = [torch.tensor(float(i)) for i in range(5)]
     if case == "float64":
         ts = [t.double() for t in ts]
@@ -618,6 +614,37 @@ def test_native_and_python_scalar_addresses_agree(case, monkeypatch):
         monkeypatch.undo()
         assert steps.store_cpu(ts, [v + 0.5 for v in got])
         assert [t.item() for t in ts] == [v + 0.5 for v in got]
+
+
+_NATIVE_PROBE = """
+import torch, gradstep
+from gradstep import _native
+ps = [torch.nn.Parameter(torch.full((3,), float(i))) for i in range(80)]
+opt = gradstep.Adam(ps, lr=0.1)
+for step in range(6):
+    for i, p in enumerate(ps):
+        p.grad = torch.full((3,), 0.1 * (i + step))
+    opt.step()
+total = sum(float(p.sum()) for p in ps)
+"""
+
+
+@pytest.mark.parametrize("env", [dict(GRADSTEP_NATIVE="0"), dict(CXX="/nonexistent/c++")])
+def test_without_native_helpers_steps_stay_the_same(env, fresh_cache, monkeypatch):
+    """Turned off, or with no C++ compiler, the native helpers are not built, nothing fails,
+    and a run of steady steps gives the numbers it gives here (checked in Python: no build is
+    started in this process)."""
+    from gradstep import _native
+
+    monkeypatch.setattr(_native, "ready", lambda n_tensors=0: None)
+    script = _NATIVE_PROBE + "print(_native.wait(timeout=120) is not None, total)\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, GRADSTEP_CACHE_DIR=str(fresh_cache), **env))
+    assert out.returncode == 0, out.stderr
+    built, total = out.stdout.split()
+    here = {}
+    exec(_NATIVE_PROBE, here)
+    assert built == "False" and float(total) == here["total"]
 
 
 def test_native_builds_take_turns_across_processes(fresh_cache):
