@@ -647,6 +647,33 @@ def test_without_native_helpers_steps_stay_the_same(env, fresh_cache, monkeypatc
     assert built == "False" and float(total) == here["total"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_forgets_the_parents_build(monkeypatch):
+    """A child forked while the parent builds (and holds its lock) can start its own build:
+    the parent's build thread does not exist in the child."""
+    import threading
+    import time
+
+    from gradstep import _native
+
+    if _native.ready() is not None:
+        monkeypatch.setattr(_native, "_module", None)
+    running = threading.Thread(target=time.sleep, args=(0.5,))
+    running.start()
+    monkeypatch.setattr(_native, "_builder", running)
+    monkeypatch.setattr(_native, "_lock", threading.Lock())
+    _native._lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child
+            os._exit(0 if _native._builder is None and _native._lock.acquire(timeout=2) else 1)
+    finally:
+        _native._lock.release()
+    _, status = os.waitpid(pid, 0)
+    running.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_native_builds_take_turns_across_processes(fresh_cache):
     """Processes sharing the cache (the ranks of one job) build the native helpers one at a
     time: a build waits while another process holds the build lock."""

@@ -283,6 +283,19 @@ def _build_quietly() -> None:
         pass
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: forget a build that was running in the
+    parent (the child may start its own), and a lock the fork may have caught held."""
+    global _lock, _builder
+    _lock = threading.Lock()
+    if _module is None:
+        _builder = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def wait(timeout: float | None = None):
     """Start the build if needed and wait for it (tests, benchmarks): ``ready()`` afterwards."""
     ready()
