@@ -625,7 +625,7 @@ for step in range(6):
     for i, p in enumerate(ps):
         p.grad = torch.full((3,), 0.1 * (i + step))
     opt.step()
-total = sum(float(p.sum()) for p in ps)
+total = sum(float(p.detach().sum()) for p in ps)
 """
 
 
