@@ -82,7 +82,7 @@ class _TimedAdd:
 def treat_counters_as_device_counters() -> _TimedAdd:
     _steps._reads_are_cheap = lambda steps: False
     _host_mirror.NATIVE_CPU = False
-    _steady.steps.function = lambda dtype: None
+    _steady.steps.incrementer = lambda counters: None
     timed = torch._foreach_add_ = _TimedAdd()
     return timed
 

@@ -267,11 +267,15 @@ def ready(n_tensors: int = WORTH_BUILDING):
 
 
 def _start() -> None:
+    """Start the build thread (once); with ``GRADSTEP_NATIVE=0`` a thread that builds nothing,
+    so that the variable is read once, not at every step."""
     global _builder
     with _lock:
-        if _builder is not None or os.environ.get("GRADSTEP_NATIVE", "1") == "0":
+        if _builder is not None:
             return
-        _builder = threading.Thread(target=_build_quietly, name="gradstep-native-build", daemon=True)
+        off = os.environ.get("GRADSTEP_NATIVE", "1") == "0"
+        _builder = threading.Thread(target=None if off else _build_quietly,
+                                    name="gradstep-native-build", daemon=True)
         _builder.start()
 
 

@@ -247,11 +247,9 @@ def _build(opt, group, params, plan: _Plan) -> bool:
     if gathered is None:
         return False
     _, grads, sts, cols, counters, key = gathered
-    if counters and counters[0].is_cpu:
-        sd = counters[0].dtype
-        if all(c.is_cpu and c.dtype is sd and c.numel() == 1 for c in counters):
-            plan.step_fn = steps.function(sd)
-            plan.step_ptrs = array("Q", key[4])
+    native_counters = steps.incrementer(counters) if counters else None
+    if native_counters is not None:
+        plan.step_fn, plan.step_ptrs = native_counters
     if _runs_triton(params):
         return _build_triton(opt, group, params, plan, keys, gathered)
     if dtype not in runner.DTYPES or not all(p.is_cpu for p in params):

@@ -108,9 +108,10 @@ def increment_cpu(steps: list[torch.Tensor]) -> list[float] | None:
     return None if found is None else _call(*found).tolist()
 
 
-def function(dtype: torch.dtype):
-    """The native incrementer for counters of ``dtype`` (float32/float64), or None."""
-    return _fn(dtype) if dtype in _NAMES else None
+def incrementer(steps: list[torch.Tensor]):
+    """``(native incrementer, the counters' data pointers)`` for CPU counters of one float dtype
+    (as ``increment_cpu`` checks them), or None: for callers that keep the pointers."""
+    return _scalar_fn(steps, _NAMES)
 
 
 def increment_ptrs(fn, ptrs: array) -> array:
